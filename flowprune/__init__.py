@@ -1,0 +1,29 @@
+"""flowprune: trace how information flows through a network and remove what it does not need.
+
+>>> import flowprune
+>>> graph = flowprune.trace(model, example_inputs)
+>>> plan = graph.plan([c.id for c in graph.candidates("layer")][:2])
+>>> small = flowprune.apply(model, plan)
+"""
+
+from ._version import __version__
+from .errors import FlowpruneError, InputError, PlanError, TraceError
+from .gates import Gates
+from .graph import Candidate, FlowGraph, trace
+from .plan import Plan
+from .rewrite import apply, apply_
+
+__all__ = [
+    "__version__",
+    "trace",
+    "FlowGraph",
+    "Candidate",
+    "Gates",
+    "Plan",
+    "apply",
+    "apply_",
+    "FlowpruneError",
+    "InputError",
+    "PlanError",
+    "TraceError",
+]

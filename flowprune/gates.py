@@ -1,0 +1,163 @@
+"""Gates: one scalar α per candidate, installed as forward hooks (α = 1 as trained, α = 0 = removal).
+
+* branch: the gated module's output (the tensor that enters the merge) is multiplied by α;
+* layer:  output = x + α·(f(x) − x), x being the block's primary input.
+
+On entry a numerical self-check runs one forward with every α = 0 on the graph's example inputs and
+looks at each candidate's merge (its branch operand must be 0 and the merge output the sum of the other
+operands) and each layer (output == input).  A candidate failing it is dropped with a warning naming it.
+
+>>> with Gates(graph) as gates:
+...     with gates.removed(["model.layers.1:layer"]):
+...         logits = model(**batch).logits
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from ._tree import first_tensor, replace_tensor_leaf
+from .graph import Candidate, FlowGraph
+from .graph.recorder import internal
+from .graph.trace import record
+
+
+class Gates:
+    """Context manager installing one gate per candidate on ``graph.model``.
+
+    ``alpha`` is a float tensor of shape [C] (C = len(gates.candidates)); it may be replaced by any
+    tensor of that shape (e.g. one that requires grad) to differentiate the loss with respect to it.
+    """
+
+    def __init__(self, graph: FlowGraph, candidates: Sequence[Candidate] | None = None, check: bool = True,
+                 atol: float = 1e-5):
+        self.graph = graph
+        self.model = graph.model
+        self.candidates: list[Candidate] = list(graph.candidates() if candidates is None else candidates)
+        self.check = check
+        self.atol = atol
+        self.failed: dict[str, str] = {}
+        self._handles: dict[str, object] = {}
+        self.alpha = torch.ones(len(self.candidates))
+        self._modules = dict(self.model.named_modules())
+
+    # -- installation ------------------------------------------------------------------------------
+    def __enter__(self) -> "Gates":
+        for c in self.candidates:
+            self._install(c)
+        if self.check:
+            self._self_check()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles.values():
+            h.remove()
+        self._handles.clear()
+
+    def _install(self, c: Candidate) -> None:
+        module = self._modules[c.path]
+        i = len(self._handles)
+        self._handles[c.id] = module.register_forward_hook(self._hook(i, c), with_kwargs=True)
+
+    def _hook(self, i: int, c: Candidate):
+        def branch(module, args, kwargs, output):
+            with internal():
+                a = self.alpha[i]
+                return replace_tensor_leaf(output, c.out_index, lambda y: y * a.to(y.dtype))
+
+        def layer(module, args, kwargs, output):
+            with internal():
+                a = self.alpha[i]
+                x = first_tensor(args, kwargs)
+                return replace_tensor_leaf(output, 0, lambda y: x + a.to(y.dtype) * (y - x))
+
+        return branch if c.kind == "branch" else layer
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Candidate id -> position in ``alpha``."""
+        return {c.id: i for i, c in enumerate(self.candidates)}
+
+    # -- setting α ------------------------------------------------------------------------------------
+    def set(self, values: dict[str, float]) -> None:
+        """Set α of the named candidates (others unchanged)."""
+        idx = self.index
+        alpha = self.alpha.detach().clone()
+        for cid, v in values.items():
+            if cid not in idx:
+                raise KeyError(f"{cid!r} is not gated here" + (f": {self.failed[cid]}" if cid in self.failed else ""))
+            alpha[idx[cid]] = v
+        self.alpha = alpha
+
+    def reset(self) -> None:
+        """All α back to 1."""
+        self.alpha = torch.ones(len(self.candidates))
+
+    @contextmanager
+    def removed(self, ids: Iterable[str]) -> Iterator[None]:
+        """Within the block, the candidates ``ids`` are removed (α = 0)."""
+        saved = self.alpha
+        self.set({cid: 0.0 for cid in ids})
+        try:
+            yield
+        finally:
+            self.alpha = saved
+
+    # -- self-check -------------------------------------------------------------------------------------
+    def _self_check(self) -> None:
+        if self.graph.example_inputs is None or not self.candidates:
+            return
+        merges = {m.vid: m for m in self.graph.merges}
+        want_m = {(self.graph.call(merges[c.merge].cid).key, merges[c.merge].raw_index)
+                  for c in self.candidates if c.kind == "branch"}
+        want_c = {self.graph.call(c.cid).key for c in self.candidates if c.kind == "layer"}
+        saved = self.alpha
+        self.alpha = torch.zeros(len(self.candidates))
+        try:
+            rec, _ = record(self.model, self.graph.example_inputs, capture_merges=want_m, capture_calls=want_c)
+        finally:
+            self.alpha = saved
+        bad: list[tuple[Candidate, str]] = []
+        for c in self.candidates:
+            why = self._check_one(c, merges, rec.captured)
+            if why:
+                bad.append((c, why))
+        for c, why in bad:
+            self.failed[c.id] = why
+            self._handles.pop(c.id).remove()
+            warnings.warn(f"flowprune: dropping candidate {c.id}: {why}", stacklevel=3)
+        if bad:
+            keep = [i for i, c in enumerate(self.candidates) if c.id not in self.failed]
+            self.candidates = [self.candidates[i] for i in keep]
+            for h in self._handles.values():
+                h.remove()
+            self._handles.clear()
+            for c in self.candidates:
+                self._install(c)
+            self.alpha = saved[keep]
+
+    def _check_one(self, c: Candidate, merges: dict, captured: dict) -> str | None:
+        tol = dict(atol=self.atol, rtol=1e-5)
+        if c.kind == "layer":
+            key = self.graph.call(c.cid).key
+            x, y = captured.get(("in", key)), captured.get(("out", key))
+            if x is None or y is None:
+                return "the layer was not called in the check forward"
+            if x.shape != y.shape or not torch.allclose(x, y, **tol):
+                return "with alpha=0 the layer output differs from its input"
+            return None
+        m = merges[c.merge]
+        key = (self.graph.call(m.cid).key, m.raw_index)
+        ops, res = captured.get(("ops", key)), captured.get(("res", key))
+        if ops is None or res is None or len(ops) <= c.operand:
+            return f"its merge {c.merge} did not run in the check forward"
+        if not torch.allclose(ops[c.operand], torch.zeros_like(ops[c.operand]), **tol):
+            return f"with alpha=0 its output does not reach {c.merge} as zeros (an op between them is not linear)"
+        rest = [o for k, o in enumerate(ops) if k != c.operand]
+        if m.kind == "add" and not torch.allclose(res, sum(rest[1:], rest[0]).expand_as(res), **tol):
+            return f"with alpha=0 {c.merge} does not equal the sum of its other inputs"
+        return None

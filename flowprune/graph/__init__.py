@@ -1,0 +1,26 @@
+"""Tracing a model into a FlowGraph and finding its removal candidates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .flowgraph import Candidate, FlowGraph
+from .trace import check_inputs, record
+
+
+def trace(model: nn.Module, example_inputs: Any) -> FlowGraph:
+    """Run ``model`` once on ``example_inputs`` (a tensor, a tuple of positional inputs or a dict of
+    keyword inputs) and return its FlowGraph.  The model runs in eval mode without gradients and is
+    left as it was.
+
+    >>> g = flowprune.trace(model, {"input_ids": ids})
+    >>> g.nx.number_of_nodes(), len(g.candidates())
+    """
+    check_inputs(model, example_inputs)
+    rec, _ = record(model, example_inputs)
+    return FlowGraph(model, example_inputs, rec)
+
+
+__all__ = ["trace", "FlowGraph", "Candidate"]

@@ -1,0 +1,115 @@
+"""Find removable edges (residual branches) and vertices (layers/blocks) in a FlowGraph.
+
+Branch: a term t of an add (nested adds whose only consumer is the outer add are flattened, so the
+parallel attention+MLP of Falcon gives two branches) such that
+  * t is exactly the output of one module call (the *gate* module, called once in the forward),
+  * that output is consumed only by this add,
+  * another term s of the sum is an ancestor of t (t = f(s): s is the skip, t the branch).
+Layer: a module call (called once, with parameters) whose primary output has the shape and dtype of its
+primary input, that is a residual block (an add inside it takes the block input as a term) or an element
+of an ``nn.Sequential``/``nn.ModuleList``, and that is neither a branch nor dead when a branch is removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import networkx as nx
+from torch import nn
+
+from ..adapters import layer_stacks
+from .recorder import MergeRecord, Operand
+from .removal import effect, within
+
+if TYPE_CHECKING:
+    from .flowgraph import Candidate, FlowGraph
+
+
+def _terms(graph: "FlowGraph", m: MergeRecord, by_vid: dict) -> list[tuple[Operand, str, int]]:
+    """Operands of add ``m`` with single-consumer inner adds expanded: (operand, merge it enters, position)."""
+    out = []
+    for i, op in enumerate(m.operands):
+        inner = by_vid.get(next(iter(op.producers))) if len(op.producers) == 1 and op.origin is None else None
+        if inner is not None and inner.kind == "add" and set(graph.nx.successors(inner.vid)) == {m.vid}:
+            out += _terms(graph, inner, by_vid)
+        else:
+            out.append((op, m.vid, i))
+    return out
+
+
+def _module_calls(graph: "FlowGraph") -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in graph.calls:
+        counts[c.path] = counts.get(c.path, 0) + 1
+    return counts
+
+
+def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
+    from .flowgraph import Candidate
+
+    G = graph.nx
+    ncalls = _module_calls(graph)
+    by_vid = {m.vid: m for m in graph.merges}
+    anc_cache: dict[str, set] = {}
+
+    def ancestors(vs: frozenset) -> set:
+        out: set = set()
+        for v in vs:
+            if v not in anc_cache:
+                anc_cache[v] = nx.ancestors(G, v)
+            out |= anc_cache[v]
+        return out
+
+    branches: dict[int, Candidate] = {}
+    for m in graph.merges:
+        if m.kind != "add":
+            continue
+        terms = _terms(graph, m, by_vid)
+        for j, (op, enters, pos) in enumerate(terms):
+            if op.origin is None:
+                continue
+            cid, leaf_idx = op.origin
+            rec = graph.call(cid)
+            if cid == 0 or cid in branches or ncalls[rec.path] != 1 or rec.structure is None:
+                continue
+            if graph.consumers.get(cid, set()) != {enters}:
+                continue
+            anc = ancestors(op.producers)
+            if not any(s.producers & anc for k, (s, _, _) in enumerate(terms) if k != j):
+                continue
+            branches[cid] = Candidate(id=f"{rec.path}:branch", kind="branch", path=rec.path, merge=enters,
+                                      operand=pos, out_index=leaf_idx, cid=cid)
+    effects = {cid: effect(graph, [c]) for cid, c in branches.items()}
+    cands = [replace(c, params=effects[cid].params, flops=effects[cid].flops) for cid, c in branches.items()]
+    regions = [r.path for e in effects.values() for r in e.replacements]
+
+    modules = dict(graph.model.named_modules())
+    parents = {name: modules[name.rsplit(".", 1)[0] if "." in name else ""] for name in modules if name}
+    stacks = set(layer_stacks(graph.model))
+    adds_by_cid: dict[int, list[MergeRecord]] = {}
+    for m in graph.merges:
+        if m.kind == "add":
+            adds_by_cid.setdefault(m.cid, []).append(m)
+    layers = []
+    for rec in graph.calls[1:]:
+        if ncalls[rec.path] != 1 or rec.identity_structure is None or rec.in_shape is None:
+            continue
+        if rec.in_shape != rec.out_shape or rec.in_dtype != rec.out_dtype or not rec.out_dtype.is_floating_point:
+            continue
+        if any(within(rec.path, r) for r in regions) or graph.params_within([rec.path]) == 0:
+            continue
+        parent = parents.get(rec.path)
+        in_container = isinstance(parent, (nn.Sequential, nn.ModuleList))
+        inside = [c for c in graph.calls if within(c.path, rec.path)]
+        residual = any(op.producers == rec.in_producers for c in inside for m in adds_by_cid.get(c.cid, [])
+                       for op in m.operands)
+        if not (residual or in_container):
+            continue
+        parent_path = rec.path.rsplit(".", 1)[0] if "." in rec.path else ""
+        c = Candidate(id=f"{rec.path}:layer", kind="layer", path=rec.path, cid=rec.cid,
+                      deletable=parent_path in stacks and isinstance(parent, nn.ModuleList))
+        e = effect(graph, [c])
+        layers.append(replace(c, params=e.params, flops=e.flops))
+    order = {c.cid: i for i, c in enumerate(graph.calls)}
+    return sorted(cands + layers, key=lambda c: (order[c.cid], c.kind))

@@ -1,0 +1,144 @@
+"""FlowGraph: the traced computation graph of a model, and its removal candidates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Iterable
+
+import networkx as nx
+from torch import nn
+
+from .recorder import CallRecord, MergeRecord, Recorder
+from .removal import Effect, effect, within
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A removable edge (``kind="branch"``: a residual branch, removal = zeros) or vertex
+    (``kind="layer"``: a block whose output has its input's shape, removal = identity).
+
+    ``id`` is ``"<module path>:<kind>"``; ``path`` is the gated module; ``params``/``flops`` are what
+    the rewrite saves when this candidate alone is removed.
+    """
+
+    id: str
+    kind: str
+    path: str
+    params: int = 0
+    flops: int = 0
+    merge: str | None = None  # branch: the merge vertex the branch's output enters
+    operand: int | None = None  # branch: position of the branch output among that merge's operands
+    out_index: int = 0  # which tensor of the module's output is gated
+    deletable: bool = False  # layer: can be deleted from a Hugging Face layer stack
+    cid: int = field(default=-1, repr=False, compare=False)
+
+
+class FlowGraph:
+    """A model's computation graph: ``nx`` is a ``networkx.DiGraph`` whose vertices are leaf-module calls,
+    merges (add/mul/cat) and the ``input:*``/``output`` vertices, with attributes ``path``, ``kind``,
+    ``params``, ``flops``, ``in_shape``, ``out_shape``.
+
+    >>> g = flowprune.trace(model, x)
+    >>> [c.id for c in g.candidates()]
+    ['blocks.0:branch', 'blocks.0:layer', ...]
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, rec: Recorder):
+        self.model = model
+        self.example_inputs = example_inputs
+        self.nx: nx.DiGraph = rec.graph
+        self.calls: list[CallRecord] = rec.calls
+        self.merges: list[MergeRecord] = rec.merges
+        self.consumers: dict[int, set[str]] = rec.consumers
+        for v, d in self.nx.nodes(data=True):
+            if d.get("kind") not in ("input", "output") and "cid" in d and d["kind"] not in ("add", "mul", "cat"):
+                d["flops"] = self.calls[d["cid"]].flops
+        self._by_path: dict[str, list[CallRecord]] = {}
+        for c in self.calls:
+            self._by_path.setdefault(c.path, []).append(c)
+        self._owners: dict[int, tuple[int, list[str]]] = {}
+        for mpath, m in model.named_modules(remove_duplicate=False):
+            for p in m.parameters(recurse=False):
+                self._owners.setdefault(id(p), (p.numel(), []))[1].append(mpath)
+
+    # -- lookups used by candidates / removal -------------------------------------------------------
+    def call(self, cid: int) -> CallRecord:
+        return self.calls[cid]
+
+    def calls_of(self, path: str) -> list[CallRecord]:
+        return self._by_path.get(path, [])
+
+    def owner_path(self, v: str) -> str:
+        """Module path of the call that owns vertex ``v`` (a leaf's own path, a merge's enclosing module)."""
+        return self.calls[self.nx.nodes[v]["cid"]].path
+
+    def vertices_within(self, path: str) -> set[str]:
+        return {v for v, d in self.nx.nodes(data=True) if "cid" in d and within(self.calls[d["cid"]].path, path)}
+
+    def module_paths_by_depth(self) -> list[str]:
+        return sorted(self._by_path, key=lambda p: (p.count(".") if p else -1, p))
+
+    def params_within(self, paths: Iterable[str]) -> int:
+        """Parameters owned only by modules inside ``paths`` (tied weights used elsewhere do not count)."""
+        paths = list(paths)
+        return sum(n for n, owners in self._owners.values() if all(any(within(o, p) for p in paths) for o in owners))
+
+    def flops_of(self, path: str) -> int:
+        return sum(c.flops for c in self.calls_of(path))
+
+    @cached_property
+    def live(self) -> set[str]:
+        """Vertices whose output reaches the model output."""
+        return nx.ancestors(self.nx, "output") | {"output"}
+
+    @property
+    def total_params(self) -> int:
+        return sum(n for n, _ in self._owners.values())
+
+    @property
+    def total_flops(self) -> int:
+        return self.calls[0].flops if self.calls else 0
+
+    # -- public --------------------------------------------------------------------------------------
+    def candidates(self, kind: str | None = None) -> list[Candidate]:
+        """Removable branches and layers, in forward order (``kind`` filters: "branch" or "layer")."""
+        from .candidates import find_candidates
+
+        if "_cands" not in self.__dict__:
+            self._cands = find_candidates(self)
+        return [c for c in self._cands if kind is None or c.kind == kind]
+
+    def candidate(self, cid: str) -> Candidate:
+        """The candidate with id ``cid``; KeyError listing close ids otherwise."""
+        for c in self.candidates():
+            if c.id == cid:
+                return c
+        import difflib
+
+        close = difflib.get_close_matches(cid, [c.id for c in self.candidates()], n=3)
+        raise KeyError(f"no candidate {cid!r}" + (f"; did you mean {close}?" if close else ""))
+
+    def effect(self, ids: Iterable[str]) -> Effect:
+        """Replacements, parameters and FLOPs saved by removing the candidates ``ids`` together."""
+        return effect(self, [self.candidate(i) for i in ids])
+
+    def plan(self, ids: Iterable[str]) -> "Plan":
+        """A Plan removing the candidates ``ids`` (see ``flowprune.apply``)."""
+        from ..plan import Plan
+
+        return Plan.from_graph(self, list(ids))
+
+    def summary(self) -> str:
+        """A plain-text table of the candidates."""
+        rows = [f"{'id':<48} {'kind':<7} {'params':>10} {'MFLOPs':>10}"]
+        for c in self.candidates():
+            rows.append(f"{c.id:<48} {c.kind:<7} {c.params:>10,} {c.flops / 1e6:>10.2f}")
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        return (f"FlowGraph({type(self.model).__name__}: {self.nx.number_of_nodes()} vertices, "
+                f"{self.nx.number_of_edges()} edges, {len(self.candidates())} candidates)")

@@ -1,0 +1,95 @@
+"""What a set of removals really removes: stubs, dead modules, saved parameters and FLOPs.
+
+A removed branch becomes a zero stub; a removed layer becomes identity (or is deleted from its HF
+stack).  Modules whose outputs then reach the model output only through removed parts are dead and are
+replaced by zero stubs too.  Liveness is reachability of the ``output`` vertex in the graph with removed
+vertices cut out and, for identity removals, the layer's input wired straight to its consumers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+import networkx as nx
+
+if TYPE_CHECKING:
+    from .flowgraph import Candidate, FlowGraph
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One module to swap: ``mode`` is ``zeros`` (stub returning zeros), ``identity`` or ``delete``."""
+
+    path: str
+    mode: str
+    structure: dict | None = None
+
+
+@dataclass(frozen=True)
+class Effect:
+    replacements: tuple[Replacement, ...]
+    params: int
+    flops: int
+
+
+def within(path: str, root: str) -> bool:
+    """True if module ``path`` is ``root`` or inside it."""
+    return root == "" or path == root or path.startswith(root + ".")
+
+
+def effect(graph: "FlowGraph", removals: Iterable["Candidate"]) -> Effect:
+    """Replacements, parameters and FLOPs saved by removing ``removals`` together."""
+    layers = [c for c in removals if c.kind == "layer"]
+    chosen = [c for c in removals if not any(within(c.path, l.path) and c.path != l.path for l in layers)]
+    reps: list[Replacement] = []
+    for c in chosen:
+        if c.kind == "layer":
+            reps.append(Replacement(c.path, "delete" if c.deletable else "identity",
+                                    None if c.deletable else graph.call(c.cid).identity_structure))
+        else:
+            reps.append(Replacement(c.path, "zeros", graph.call(c.cid).structure))
+    removed_paths = [r.path for r in reps]
+    G = graph.nx
+    zero_paths = [r.path for r in reps if r.mode == "zeros"]
+    layer_paths = [r.path for r in reps if r.mode != "zeros"]
+    # A removed layer still passes its input on: contract its vertices into one node (conservative:
+    # its side inputs stay live).  A zero stub passes nothing: its vertices go.
+    merge_into = {}
+    killed = set()
+    for v, d in G.nodes(data=True):
+        if "cid" not in d:
+            continue
+        owner = graph.owner_path(v)
+        if any(within(owner, p) for p in zero_paths):
+            killed.add(v)
+        for p in layer_paths:
+            if within(owner, p):
+                merge_into[v] = f"removed:{p}"
+    H = nx.relabel_nodes(G.subgraph(set(G) - killed), merge_into, copy=True)
+    live = nx.ancestors(H, "output") | {"output"}
+    live0 = graph.live
+    dead_paths = _dead_modules(graph, live, live0, removed_paths)
+    reps += [Replacement(p, "zeros", graph.calls_of(p)[0].structure) for p in dead_paths]
+    all_paths = [r.path for r in reps]
+    return Effect(tuple(reps), graph.params_within(all_paths), sum(graph.flops_of(p) for p in all_paths))
+
+
+def _dead_modules(graph: "FlowGraph", live: set, live0: set, removed: list[str]) -> list[str]:
+    # A module is dead when none of its calls has a live consumer or a live vertex inside; only the
+    # outermost dead modules that hold parameters are replaced.
+    dead: list[str] = []
+    for path in graph.module_paths_by_depth():
+        if any(within(path, r) for r in removed + dead):
+            continue
+        calls = graph.calls_of(path)
+        if not calls or any(c.structure is None for c in calls) or graph.params_within([path]) == 0:
+            continue
+        if len({repr(c.structure) for c in calls}) > 1:
+            continue  # called with different output structures: one stub cannot stand for all calls
+        inside = graph.vertices_within(path)
+        consumers = set().union(*(graph.consumers.get(c.cid, set()) for c in calls))
+        was_live = bool((consumers | inside) & live0)
+        if was_live and not ((consumers | inside) & live):
+            dead.append(path)
+    return dead

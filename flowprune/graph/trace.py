@@ -1,0 +1,74 @@
+"""``trace(model, example_inputs)``: run one forward under a Recorder and return a FlowGraph."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import InputError, TraceError
+from .._tree import tensor_leaves
+from .recorder import Recorder
+
+
+def check_inputs(model: Any, example_inputs: Any) -> None:
+    """Raise InputError unless ``model`` is an nn.Module and ``example_inputs`` a tensor, tuple or dict."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, list):
+        raise InputError("example_inputs is a list: pass a tuple for positional inputs, e.g. (x,), "
+                         "or a dict for keyword inputs, e.g. {'input_ids': ids}")
+    if not isinstance(example_inputs, (torch.Tensor, tuple, dict)):
+        raise InputError(f"example_inputs must be a Tensor, a tuple of positional inputs or a dict of keyword "
+                         f"inputs, got {type(example_inputs).__name__}; for a tokenizer's BatchEncoding pass dict(enc)")
+    if not tensor_leaves(example_inputs):
+        raise InputError("example_inputs contains no tensor: pass the model's real input tensors")
+    devices = {p.device for p in model.parameters()}
+    in_devices = {t.device for t in tensor_leaves(example_inputs)}
+    if len(devices) == 1 and in_devices and in_devices != devices:
+        raise InputError(f"example_inputs are on {sorted(map(str, in_devices))} but the model is on "
+                         f"{next(iter(devices))}: move them with .to(device)")
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)`` for a tensor, ``model(*inputs)`` for a tuple, ``model(**inputs)`` for a dict."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval() (dropout off, BatchNorm on running stats) and restore each module's flag after."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, f in flags.items():
+            m.training = f
+
+
+def record(model: nn.Module, example_inputs: Any, **capture: Any) -> tuple[Recorder, Any]:
+    """Run ``model`` once under a Recorder (eval mode, no grad); return the recorder and the output."""
+    rec = Recorder(model, **capture)
+    rec.add_inputs(example_inputs)
+    rec.install()
+    try:
+        with eval_mode(model), torch.no_grad(), rec:
+            try:
+                out = call_model(model, example_inputs)
+            except Exception as e:  # name the innermost module that was running
+                where = rec.stack[-1] if rec.stack else None
+                loc = f"in module '{where.path or '<root>'}' ({where.type_name})" if where else "before any module ran"
+                raise TraceError(f"the model raised {type(e).__name__} {loc} on example_inputs: {e}. "
+                                 f"Check that example_inputs match what model.forward expects "
+                                 f"(shapes, dtypes, keyword names).") from e
+    finally:
+        rec.remove()
+    rec.add_output(out)
+    return rec, out

@@ -1,0 +1,134 @@
+"""Plan: a frozen, JSON-serialisable list of removals keyed by module path, with the replacements the
+rewriter makes, the flowprune version and a fingerprint of the model it was made for.
+
+A Plan is self-contained: ``flowprune.apply`` needs no trace and no data, so a plan saved next to
+weights can be replayed on a freshly built model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from torch import nn
+
+from ._version import __version__
+from .errors import PlanError
+from .graph.removal import Replacement
+
+if TYPE_CHECKING:
+    from .graph import FlowGraph
+
+SCHEMA = 1
+
+
+def fingerprint(model: nn.Module) -> str:
+    """Hash of the model class and its state_dict names and shapes (not values: dtype/device casts keep it)."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One removed candidate."""
+
+    id: str
+    kind: str
+    path: str
+    params: int
+    flops: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to remove from which model.  Build with ``graph.plan(ids)``; apply with ``flowprune.apply``.
+
+    >>> plan = flowprune.trace(model, x).plan(["blocks.1:layer"])
+    >>> Plan.from_json(plan.to_json()) == plan
+    True
+    """
+
+    removals: tuple[Removal, ...]
+    replacements: tuple[Replacement, ...]
+    fingerprint: str
+    model_class: str
+    params_before: int
+    params_removed: int
+    flops_before: int
+    flops_removed: int
+    version: str = __version__
+    schema: int = SCHEMA
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_graph(cls, graph: "FlowGraph", ids: Sequence[str]) -> "Plan":
+        cands = [graph.candidate(i) for i in dict.fromkeys(ids)]
+        eff = graph.effect([c.id for c in cands])
+        return cls(
+            removals=tuple(Removal(c.id, c.kind, c.path, c.params, c.flops) for c in cands),
+            replacements=eff.replacements,
+            fingerprint=fingerprint(graph.model),
+            model_class=type(graph.model).__name__,
+            params_before=graph.total_params,
+            params_removed=eff.params,
+            flops_before=graph.total_flops,
+            flops_removed=eff.flops,
+        )
+
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.removals]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The plan as JSON; also written atomically to ``path`` if given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            write_atomic(Path(path), text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike) -> "Plan":
+        """Read a plan from a JSON string or a file path."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        try:
+            d = json.loads(text)
+            if d.get("schema", SCHEMA) > SCHEMA:
+                raise PlanError(f"plan schema {d['schema']} is newer than this flowprune ({__version__}) reads; "
+                                f"upgrade flowprune")
+            d["removals"] = tuple(Removal(**r) for r in d["removals"])
+            d["replacements"] = tuple(Replacement(**r) for r in d["replacements"])
+            return cls(**d)
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise PlanError(f"not a flowprune plan: {e}") from e
+
+    def __str__(self) -> str:
+        lines = [f"Plan for {self.model_class} ({self.fingerprint}): {len(self.removals)} removals, "
+                 f"-{self.params_removed:,} of {self.params_before:,} params, "
+                 f"-{self.flops_removed / max(self.flops_before, 1):.1%} FLOPs"]
+        lines += [f"  - {r.id}  ({r.params:,} params)" for r in self.removals]
+        return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a crash leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
