@@ -64,18 +64,10 @@ SEQ_LEN = 8
 IMAGE = 32
 INIT_STD = 0.2
 
-# Llama-style decoder config shared by llama, mistral, qwen2/3, gemma/2 and phi3.
-_DECODER = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    initializer_range=INIT_STD,
-)
-_ENCODER = dict(
+ConfigFactory = Callable[[], PreTrainedConfig]
+
+# Shared sizes for the transformer families that use the standard config names.
+_COMMON = dict(
     vocab_size=VOCAB,
     hidden_size=32,
     intermediate_size=64,
@@ -84,6 +76,7 @@ _ENCODER = dict(
     max_position_embeddings=64,
     initializer_range=INIT_STD,
 )
+_GQA = dict(_COMMON, num_key_value_heads=2)
 
 
 @torch.no_grad()
@@ -93,9 +86,6 @@ def _jitter_constant_params(model: nn.Module, std: float = 0.1) -> None:
     for param in model.parameters():
         if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
             param.add_(torch.randn(param.shape, generator=gen) * std)
-
-
-ConfigFactory = Callable[[], PreTrainedConfig]
 
 
 def _build(model_cls: type[PreTrainedModel], make_config: ConfigFactory, calibrate: bool = False) -> nn.Module:
@@ -144,44 +134,44 @@ _ENTRIES = (
     _llm(
         "llama",
         LlamaForCausalLM,
-        partial(LlamaConfig, **{**_DECODER, "num_hidden_layers": 4}, attn_implementation="eager"),
+        partial(LlamaConfig, **{**_GQA, "num_hidden_layers": 4}, attn_implementation="eager"),
         "Llama, 4 decoder layers, GQA 4q/2kv, SwiGLU 64: 8 residual branches (attn, mlp), 4 layers",
     ),
     _llm(
         "mistral",
         MistralForCausalLM,
-        partial(MistralConfig, **_DECODER, attn_implementation="eager"),
+        partial(MistralConfig, **_GQA, attn_implementation="eager"),
         "Mistral, 2 decoder layers, GQA 4q/2kv, SwiGLU 64: 4 residual branches (attn, mlp), 2 layers",
     ),
     _llm(
         "qwen2",
         Qwen2ForCausalLM,
-        partial(Qwen2Config, **_DECODER, attn_implementation="eager"),
+        partial(Qwen2Config, **_GQA, attn_implementation="eager"),
         "Qwen2, 2 decoder layers, GQA 4q/2kv with qkv bias, SwiGLU 64: 4 residual branches, 2 layers",
     ),
     _llm(
         "qwen3",
         Qwen3ForCausalLM,
-        partial(Qwen3Config, **_DECODER, head_dim=8, attn_implementation="eager"),
+        partial(Qwen3Config, **_GQA, head_dim=8, attn_implementation="eager"),
         "Qwen3, 2 decoder layers, GQA 4q/2kv with q/k RMSNorm, SwiGLU 64: 4 residual branches, 2 layers",
     ),
     _llm(
         "gemma",
         GemmaForCausalLM,
-        partial(GemmaConfig, **_DECODER, head_dim=8, attn_implementation="eager"),
+        partial(GemmaConfig, **_GQA, head_dim=8, attn_implementation="eager"),
         "Gemma, 2 decoder layers, GQA 4q/2kv, GeGLU 64, scaled tied embeddings: 4 residual branches, 2 layers",
     ),
     _llm(
         "gemma2",
         Gemma2ForCausalLM,
-        partial(Gemma2Config, **_DECODER, head_dim=8, query_pre_attn_scalar=8, attn_implementation="eager"),
+        partial(Gemma2Config, **_GQA, head_dim=8, query_pre_attn_scalar=8, attn_implementation="eager"),
         "Gemma2, 2 decoder layers (sliding/global), GQA 4q/2kv, sandwich norms, softcaps: 4 residual branches",
     ),
     _llm(
         "phi3",
         Phi3ForCausalLM,
-        partial(Phi3Config, 
-            **_DECODER,
+        partial(Phi3Config,
+            **_GQA,
             original_max_position_embeddings=64,
             bos_token_id=1,
             eos_token_id=2,
@@ -193,7 +183,7 @@ _ENTRIES = (
     _llm(
         "gpt2",
         GPT2LMHeadModel,
-        partial(GPT2Config, 
+        partial(GPT2Config,
             vocab_size=VOCAB,
             n_positions=64,
             n_embd=32,
@@ -210,7 +200,7 @@ _ENTRIES = (
     _llm(
         "opt",
         OPTForCausalLM,
-        partial(OPTConfig, 
+        partial(OPTConfig,
             vocab_size=VOCAB,
             hidden_size=32,
             ffn_dim=64,
@@ -226,13 +216,13 @@ _ENTRIES = (
     _llm(
         "gpt_neox",
         GPTNeoXForCausalLM,
-        partial(GPTNeoXConfig, **_ENCODER, attn_implementation="eager"),
+        partial(GPTNeoXConfig, **_COMMON, attn_implementation="eager"),
         "GPT-NeoX, 2 layers with parallel residual (attn and mlp on one residual), fused qkv: 2 layers",
     ),
     _llm(
         "falcon",
         FalconForCausalLM,
-        partial(FalconConfig, 
+        partial(FalconConfig,
             vocab_size=VOCAB,
             hidden_size=32,
             ffn_hidden_size=64,
@@ -252,19 +242,19 @@ _ENTRIES = (
     _encoder(
         "bert",
         BertModel,
-        partial(BertConfig, **_ENCODER, attn_implementation="eager"),
+        partial(BertConfig, **_COMMON, attn_implementation="eager"),
         "BERT, 2 post-LN encoder layers + pooler: 4 residual branches (attn, ffn), 2 layers, 4 heads",
     ),
     _encoder(
         "roberta",
         RobertaModel,
-        partial(RobertaConfig, **_ENCODER, attn_implementation="eager"),
+        partial(RobertaConfig, **_COMMON, attn_implementation="eager"),
         "RoBERTa, 2 post-LN encoder layers + pooler: 4 residual branches (attn, ffn), 2 layers, 4 heads",
     ),
     _encoder(
         "distilbert",
         DistilBertModel,
-        partial(DistilBertConfig, 
+        partial(DistilBertConfig,
             vocab_size=VOCAB,
             dim=32,
             hidden_dim=64,
@@ -279,17 +269,17 @@ _ENTRIES = (
     _vision(
         "hf_resnet",
         ResNetModel,
-        partial(ResNetConfig, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+        partial(ResNetConfig, embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="basic"),
         "HF ResNet, 7x7 stem + 2 stages x 1 basic block (8, 16 ch): 2 residual branches, channels",
         calibrate=True,
     ),
     _vision(
         "hf_convnext",
         ConvNextModel,
-        partial(ConvNextConfig, 
+        partial(ConvNextConfig,
             num_stages=2,
-            hidden_sizes=[8, 16],
-            depths=[2, 1],
+            hidden_sizes=(8, 16),
+            depths=(2, 1),
             image_size=IMAGE,
             layer_scale_init_value=1.0,
             initializer_range=INIT_STD,
@@ -299,7 +289,7 @@ _ENTRIES = (
     _vision(
         "hf_vit",
         ViTModel,
-        partial(ViTConfig, 
+        partial(ViTConfig,
             image_size=IMAGE,
             patch_size=8,
             hidden_size=32,

@@ -30,9 +30,6 @@ class ZooEntry:
     note: str = ""
 
 
-# --------------------------------------------------------------------------- MLP
-
-
 class ResidualMLPBlock(nn.Module):
     """Pre-norm residual MLP block: ``x + fc2(act(fc1(norm(x))))``."""
 
@@ -50,7 +47,9 @@ class ResidualMLPBlock(nn.Module):
 class MLPSkip(nn.Module):
     """MLP with a stack of residual blocks between an input projection and a head."""
 
-    def __init__(self, in_dim: int = 16, dim: int = 32, hidden: int = 64, depth: int = 3, num_classes: int = 10) -> None:
+    def __init__(
+        self, in_dim: int = 16, dim: int = 32, hidden: int = 64, depth: int = 3, num_classes: int = 10
+    ) -> None:
         super().__init__()
         self.fc_in = nn.Linear(in_dim, dim)
         self.blocks = nn.ModuleList(ResidualMLPBlock(dim, hidden) for _ in range(depth))
@@ -63,16 +62,21 @@ class MLPSkip(nn.Module):
         return self.head(x)
 
 
-# ------------------------------------------------------------------------ ResNet
-
-
-def _conv_bn(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
-    """1x1 projection shortcut: conv1x1 + BatchNorm."""
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+def _conv_bn(
+    in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = False
+) -> nn.Sequential:
+    """conv (same padding, no bias) + BatchNorm, optionally + ReLU6 (MobileNetV2 style)."""
+    layers = [
+        nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+    ]
+    return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
 
 
 class BasicBlock(nn.Module):
     """ResNet basic block; one ``relu`` module is deliberately applied twice."""
+
+    expansion = 1
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__()
@@ -81,7 +85,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.downsample = _conv_bn(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else None
+        self.downsample = _conv_bn(in_ch, out_ch, 1, stride) if stride != 1 or in_ch != out_ch else None
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -106,7 +110,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _conv_bn(in_ch, out_ch, stride) if stride != 1 or in_ch != out_ch else None
+        self.downsample = _conv_bn(in_ch, out_ch, 1, stride) if stride != 1 or in_ch != out_ch else None
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -120,18 +124,17 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """CIFAR-sized ResNet: conv3x3 stem, two stages of two blocks, avg-pool + linear head."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], widths: tuple[int, int], stem: int = 8, num_classes: int = 10) -> None:
+    def __init__(self, block: type[BasicBlock | Bottleneck], widths: tuple[int, int], num_classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, stem, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
-        expansion = getattr(block, "expansion", 1)
         in_ch = stem
         stages = []
         for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(block(in_ch, width, stride), block(width * expansion, width)))
-            in_ch = width * expansion
+            out_ch = width * block.expansion
+            stages.append(nn.Sequential(block(in_ch, width, 1 if i == 0 else 2), block(out_ch, width)))
+            in_ch = out_ch
         self.layer1, self.layer2 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
@@ -140,9 +143,6 @@ class ResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer2(self.layer1(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-# --------------------------------------------------------------------------- VGG
 
 
 class ConvBNReLU(nn.Module):
@@ -161,30 +161,22 @@ class ConvBNReLU(nn.Module):
 class VGG(nn.Module):
     """VGG-style net: ``features`` of ConvBNReLU/max-pool, flatten + MLP classifier."""
 
-    def __init__(self, cfg: tuple[int | str, ...] = (8, 8, "M", 16, 16, "M"), num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        in_ch = 3
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers.append(ConvBNReLU(in_ch, int(v)))
-                in_ch = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(
+            ConvBNReLU(3, 8), ConvBNReLU(8, 8), nn.MaxPool2d(2),
+            ConvBNReLU(8, 16), ConvBNReLU(16, 16), nn.MaxPool2d(2),
+        )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_ch * 8 * 8, 32),
+            nn.Linear(16 * 8 * 8, 32),
             nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
+            nn.Dropout(),
             nn.Linear(32, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
-
-
-# ---------------------------------------------------------------------- DenseNet
 
 
 class DenseLayer(nn.Module):
@@ -222,12 +214,8 @@ class Transition(nn.Sequential):
     """DenseNet transition: BN-ReLU-conv1x1 (compress) then 2x2 average pooling."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__(
-            nn.BatchNorm2d(in_ch),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(in_ch, out_ch, 1, bias=False),
-            nn.AvgPool2d(2),
-        )
+        conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        super().__init__(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True), conv, nn.AvgPool2d(2))
 
 
 class DenseNet(nn.Module):
@@ -253,20 +241,6 @@ class DenseNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-# ------------------------------------------------------------------- MobileNetV2
-
-
-def _conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    """conv (same padding) + BatchNorm (+ ReLU6)."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
-    ]
-    if act:
-        layers.append(nn.ReLU6(inplace=True))
-    return nn.Sequential(*layers)
-
-
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: expand 1x1, depthwise 3x3, linear project 1x1 (+ skip)."""
 
@@ -276,9 +250,9 @@ class InvertedResidual(nn.Module):
         self.use_res_connect = stride == 1 and in_ch == out_ch
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers.append(_conv_bn_act(in_ch, hidden, 1))
-        layers.append(_conv_bn_act(hidden, hidden, 3, stride, groups=hidden))
-        layers.append(_conv_bn_act(hidden, out_ch, 1, act=False))
+            layers.append(_conv_bn(in_ch, hidden, 1, act=True))
+        layers.append(_conv_bn(hidden, hidden, 3, stride, groups=hidden, act=True))
+        layers.append(_conv_bn(hidden, out_ch, 1))
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -295,21 +269,18 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, stem: int = 8, last: int = 32, num_classes: int = 10) -> None:
         super().__init__()
-        layers: list[nn.Module] = [_conv_bn_act(3, stem, 3)]
+        layers: list[nn.Module] = [_conv_bn(3, stem, 3, act=True)]
         in_ch = stem
         for out_ch, stride, t in self.SETTINGS:
             layers.append(InvertedResidual(in_ch, out_ch, stride, t))
             in_ch = out_ch
-        layers.append(_conv_bn_act(in_ch, last, 1))
+        layers.append(_conv_bn(in_ch, last, 1, act=True))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(last, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
-
-
-# -------------------------------------------------------------------------- LSTM
 
 
 class LSTMClassifier(nn.Module):
@@ -326,9 +297,6 @@ class LSTMClassifier(nn.Module):
         for lstm in self.lstms:
             x = x + lstm(x)[0]
         return self.head(x.mean(dim=1))
-
-
-# --------------------------------------------------------------------------- ViT
 
 
 class Attention(nn.Module):
@@ -377,13 +345,15 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """Vision transformer: conv patch embedding, cls token, learned positions, pre-norm blocks."""
+    """ViT for 32x32 images: conv patch embedding, cls token, learned positions, pre-norm blocks."""
 
-    def __init__(self, image: int = 32, patch: int = 8, dim: int = 32, depth: int = 3, num_heads: int = 4, num_classes: int = 10) -> None:
+    def __init__(
+        self, patch: int = 8, dim: int = 32, depth: int = 3, num_heads: int = 4, num_classes: int = 10
+    ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.pos_embed = nn.Parameter(0.1 * torch.randn(1, (image // patch) ** 2 + 1, dim))
+        self.pos_embed = nn.Parameter(0.1 * torch.randn(1, (32 // patch) ** 2 + 1, dim))
         self.blocks = nn.ModuleList(ViTBlock(dim, num_heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -394,9 +364,6 @@ class ViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x)[:, 0])
-
-
-# ------------------------------------------------------------------------- build
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -424,12 +391,14 @@ def calibrate_batchnorm(model: nn.Module, input_shape: tuple[int, ...], steps: i
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
+    was_training = model.training
     model.train()
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
         model(torch.randn(8, *input_shape, generator=gen))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
+    model.train(was_training)
 
 
 def _build(factory: Callable[[], nn.Module], input_shape: tuple[int, ...] | None = None) -> nn.Module:
@@ -451,66 +420,40 @@ def _tokens(vocab: int, *shape: int) -> Tensor:
 
 
 _IMAGE = (3, 32, 32)
-_image_input = partial(_randn, 2, *_IMAGE)
 
-NETS: dict[str, ZooEntry] = {
-    e.name: e
-    for e in (
-        ZooEntry(
-            "mlp_skip",
-            partial(_build, MLPSkip),
-            partial(_randn, 2, 16),
-            "vision",
-            "MLP 16->32->10 with 3 pre-norm residual blocks: 3 residual branches, hidden width 64",
-        ),
-        ZooEntry(
-            "resnet_basic",
-            partial(_build, partial(ResNet, BasicBlock, (8, 16)), _IMAGE),
-            _image_input,
-            "vision",
-            "ResNet, 2 stages x 2 BasicBlocks (8, 16 ch), shared in-place ReLU: 4 residual branches, channels",
-        ),
-        ZooEntry(
-            "resnet_bottleneck",
-            partial(_build, partial(ResNet, Bottleneck, (4, 8)), _IMAGE),
-            _image_input,
-            "vision",
-            "ResNet, 2 stages x 2 Bottlenecks (4->16, 8->32 ch): 4 residual branches, inner/outer channels",
-        ),
-        ZooEntry(
-            "vgg_bn",
-            partial(_build, VGG, _IMAGE),
-            _image_input,
-            "vision",
-            "VGG 8,8,M,16,16,M + flatten MLP: 4 ConvBNReLU layers, channels, no skips",
-        ),
-        ZooEntry(
-            "densenet",
-            partial(_build, DenseNet, _IMAGE),
-            _image_input,
-            "vision",
-            "DenseNet-BC, 2 dense blocks x 3 layers (growth 4) + transition: concat channels, bottleneck width",
-        ),
-        ZooEntry(
-            "mobilenetv2",
-            partial(_build, MobileNetV2, _IMAGE),
-            _image_input,
-            "vision",
-            "MobileNetV2, 5 inverted residuals (3 with skip): 3 residual branches, depthwise hidden channels",
-        ),
-        ZooEntry(
-            "lstm_classifier",
-            partial(_build, LSTMClassifier),
-            partial(_tokens, 100, 2, 12),
-            "text",
-            "Embedding(100,16) + 2 residual LSTM(16) layers + mean-pool head: 2 residual branches, LSTM hidden units",
-        ),
-        ZooEntry(
-            "vit",
-            partial(_build, ViT),
-            _image_input,
-            "vision",
-            "ViT 32x32/8, dim 32, 3 pre-norm blocks, 4 heads: 6 residual branches (attn, mlp), 3 blocks, heads",
-        ),
-    )
-}
+
+def _vision(name: str, factory: Callable[[], nn.Module], note: str) -> ZooEntry:
+    """Entry for a 3x32x32 image classifier (BatchNorm calibrated on random images)."""
+    return ZooEntry(name, partial(_build, factory, _IMAGE), partial(_randn, 2, *_IMAGE), "vision", note)
+
+
+_ENTRIES = (
+    ZooEntry(
+        "mlp_skip", partial(_build, MLPSkip), partial(_randn, 2, 16), "vision",
+        "MLP 16->32->10, 3 pre-norm residual blocks (hidden 64): 3 residual branches, hidden units",
+    ),
+    _vision(
+        "resnet_basic", partial(ResNet, BasicBlock, (8, 16)),
+        "ResNet, 2 stages x 2 BasicBlocks (8, 16 ch), shared in-place ReLU: 4 residual branches, channels",
+    ),
+    _vision(
+        "resnet_bottleneck", partial(ResNet, Bottleneck, (4, 8)),
+        "ResNet, 2 stages x 2 Bottlenecks (4->16, 8->32 ch): 4 residual branches, inner/outer channels",
+    ),
+    _vision("vgg_bn", VGG, "VGG 8,8,M,16,16,M + flatten MLP: 4 ConvBNReLU layers, channels, no skips"),
+    _vision(
+        "densenet", DenseNet,
+        "DenseNet-BC, 2 dense blocks x 3 layers (growth 4) + transition: concat channels, bottleneck width",
+    ),
+    _vision(
+        "mobilenetv2", MobileNetV2,
+        "MobileNetV2, 5 inverted residuals (3 with skip): 3 residual branches, depthwise hidden channels",
+    ),
+    ZooEntry(
+        "lstm_classifier", partial(_build, LSTMClassifier), partial(_tokens, 100, 2, 12), "text",
+        "Embedding(100,16), 2 residual LSTM(16) layers, mean-pool head: 2 residual branches, hidden units",
+    ),
+    _vision("vit", ViT, "ViT 32x32/8, dim 32, 3 pre-norm blocks, 4 heads: 6 residual branches (attn, mlp)"),
+)
+
+NETS: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}

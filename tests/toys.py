@@ -1,0 +1,131 @@
+"""Tiny models whose graphs and candidates are known by hand."""
+
+import torch
+from torch import nn
+
+
+class Residual(nn.Module):
+    """y = x + fc(x)."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + self.fc(x)
+
+
+class InplaceResidual(nn.Module):
+    """The Llama traps: ``.to`` with the same dtype and ``contiguous`` return their input; ``+=`` mutates."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x):
+        x = x.to(x.dtype).contiguous()
+        out = self.fc(x)
+        out += x
+        return out
+
+
+class TwoHeads(nn.Module):
+    """a(x) + b(x): an add, but neither term is the other's input, so no residual branch."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+class Parallel(nn.Module):
+    """x + (f(x) + g(x)), written with an in-place inner add like Falcon's parallel attention."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.f, self.g = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        h = self.norm(x)
+        out = self.f(h)
+        out += self.g(h)
+        return x + out
+
+
+class Biased(nn.Module):
+    """x + (fc(x) + 1): zeroing fc's output does not zero the term, so the self-check must fail."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + (self.fc(x) + 1.0)
+
+
+class PreNorm(nn.Module):
+    """x + mlp(norm(x)) with the norm outside the branch module (Llama-style): removing mlp kills norm."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 8), nn.ReLU(), nn.Linear(8, d))
+
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
+
+
+class Stack(nn.Module):
+    """Embedding-free stack of PreNorm blocks in a ModuleList with a shared (tied) head and input."""
+
+    def __init__(self, d: int = 4, n: int = 3):
+        super().__init__()
+        self.inp = nn.Linear(d, d)
+        self.blocks = nn.ModuleList(PreNorm(d) for _ in range(n))
+        self.head = nn.Linear(d, d)
+        self.head.weight = self.inp.weight  # tied
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+class Reuse(nn.Module):
+    """One ReLU module called twice, and one Dropout (eval: passes its input object through)."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
+        self.relu = nn.ReLU()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return self.relu(self.fc2(self.drop(self.relu(self.fc1(x)))))
+
+
+class Concat(nn.Module):
+    """cat([a(x), b(x)]) -> fc."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.a, self.b = nn.Linear(d, d), nn.Linear(d, d)
+        self.fc = nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.a(x), self.b(x)], dim=-1))
+
+
+class Raises(nn.Module):
+    """Its inner layer expects 5 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(4, 4), nn.Linear(5, 4))
+
+    def forward(self, x):
+        return self.inner(x)
