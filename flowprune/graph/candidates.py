@@ -7,7 +7,8 @@ parallel attention+MLP of Falcon gives two branches) such that
   * another term s of the sum is an ancestor of t (t = f(s): s is the skip, t the branch).
 Layer: a module call (called once, with parameters) whose primary output has the shape and dtype of its
 primary input, that is a residual block (an add inside it takes the block input as a term) or an element
-of an ``nn.Sequential``/``nn.ModuleList``, and that is neither a branch nor dead when a branch is removed.
+of an ``nn.Sequential``/``nn.ModuleList``, and that is neither a branch nor dead when a branch is removed
+nor a lone normalisation module.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
             continue
         if any(within(rec.path, r) for r in regions) or graph.params_within([rec.path]) == 0:
             continue
+        if rec.leaf and "Norm" in rec.type_name:
+            continue  # a lone normalisation is not a layer anyone means to drop (its removal rescales)
         parent = parents.get(rec.path)
         in_container = isinstance(parent, (nn.Sequential, nn.ModuleList))
         inside = [c for c in graph.calls if within(c.path, rec.path)]

@@ -65,6 +65,7 @@ IMAGE = 32
 INIT_STD = 0.2
 
 ConfigFactory = Callable[[], PreTrainedConfig]
+ModelClass = type[PreTrainedModel]
 
 # Shared sizes for the transformer families that use the standard config names.
 _COMMON = dict(
@@ -88,17 +89,17 @@ def _jitter_constant_params(model: nn.Module, std: float = 0.1) -> None:
             param.add_(torch.randn(param.shape, generator=gen) * std)
 
 
-def _build(model_cls: type[PreTrainedModel], make_config: ConfigFactory, calibrate: bool = False) -> nn.Module:
-    """Seeded construction from a fresh config, jitter, optional BatchNorm calibration, eval mode.
+def _build(model_cls: ModelClass, make_config: ConfigFactory, image_input: bool = False) -> nn.Module:
+    """Seeded construction from a fresh config, jitter, BatchNorm calibration for images, eval mode.
 
-    The config is created per build because models keep (and pruning may edit) it.
+    The config is created per build because the model keeps (and pruning may edit) it.
     """
     config = make_config()
     torch.manual_seed(0)
     model = model_cls(config)
     _jitter_constant_params(model)
-    if calibrate:
-        calibrate_batchnorm(model, (config.num_channels, IMAGE, IMAGE))
+    if image_input:
+        calibrate_batchnorm(model, (3, IMAGE, IMAGE))
     return model.eval()
 
 
@@ -118,16 +119,16 @@ def _vision_inputs() -> dict[str, Tensor]:
     return dict(pixel_values=torch.randn(2, 3, IMAGE, IMAGE, generator=gen))
 
 
-def _llm(name: str, model_cls: type[PreTrainedModel], config: ConfigFactory, note: str) -> ZooEntry:
+def _llm(name: str, model_cls: ModelClass, config: ConfigFactory, note: str) -> ZooEntry:
     return ZooEntry(name, partial(_build, model_cls, config), partial(_text_inputs, True), "llm", note)
 
 
-def _encoder(name: str, model_cls: type[PreTrainedModel], config: ConfigFactory, note: str) -> ZooEntry:
+def _encoder(name: str, model_cls: ModelClass, config: ConfigFactory, note: str) -> ZooEntry:
     return ZooEntry(name, partial(_build, model_cls, config), partial(_text_inputs, False), "encoder", note)
 
 
-def _vision(name: str, model_cls: type[PreTrainedModel], config: ConfigFactory, note: str, calibrate: bool = False) -> ZooEntry:
-    return ZooEntry(name, partial(_build, model_cls, config, calibrate), _vision_inputs, "vision", note)
+def _vision(name: str, model_cls: ModelClass, config: ConfigFactory, note: str) -> ZooEntry:
+    return ZooEntry(name, partial(_build, model_cls, config, True), _vision_inputs, "vision", note)
 
 
 _ENTRIES = (
@@ -159,18 +160,19 @@ _ENTRIES = (
         "gemma",
         GemmaForCausalLM,
         partial(GemmaConfig, **_GQA, head_dim=8, attn_implementation="eager"),
-        "Gemma, 2 decoder layers, GQA 4q/2kv, GeGLU 64, scaled tied embeddings: 4 residual branches, 2 layers",
+        "Gemma, 2 decoder layers, GQA 4q/2kv, GeGLU 64, tied embeddings: 4 residual branches, 2 layers",
     ),
     _llm(
         "gemma2",
         Gemma2ForCausalLM,
         partial(Gemma2Config, **_GQA, head_dim=8, query_pre_attn_scalar=8, attn_implementation="eager"),
-        "Gemma2, 2 decoder layers (sliding/global), GQA 4q/2kv, sandwich norms, softcaps: 4 residual branches",
+        "Gemma2, 2 layers (sliding/global), GQA 4q/2kv, sandwich norms, softcaps: 4 residual branches",
     ),
     _llm(
         "phi3",
         Phi3ForCausalLM,
-        partial(Phi3Config,
+        partial(
+            Phi3Config,
             **_GQA,
             original_max_position_embeddings=64,
             bos_token_id=1,
@@ -183,7 +185,8 @@ _ENTRIES = (
     _llm(
         "gpt2",
         GPT2LMHeadModel,
-        partial(GPT2Config,
+        partial(
+            GPT2Config,
             vocab_size=VOCAB,
             n_positions=64,
             n_embd=32,
@@ -200,7 +203,8 @@ _ENTRIES = (
     _llm(
         "opt",
         OPTForCausalLM,
-        partial(OPTConfig,
+        partial(
+            OPTConfig,
             vocab_size=VOCAB,
             hidden_size=32,
             ffn_dim=64,
@@ -217,12 +221,13 @@ _ENTRIES = (
         "gpt_neox",
         GPTNeoXForCausalLM,
         partial(GPTNeoXConfig, **_COMMON, attn_implementation="eager"),
-        "GPT-NeoX, 2 layers with parallel residual (attn and mlp on one residual), fused qkv: 2 layers",
+        "GPT-NeoX, 2 layers with parallel residual (attn and mlp on one residual), fused qkv: 4 branches, 2 layers",
     ),
     _llm(
         "falcon",
         FalconForCausalLM,
-        partial(FalconConfig,
+        partial(
+            FalconConfig,
             vocab_size=VOCAB,
             hidden_size=32,
             ffn_hidden_size=64,
@@ -254,7 +259,8 @@ _ENTRIES = (
     _encoder(
         "distilbert",
         DistilBertModel,
-        partial(DistilBertConfig,
+        partial(
+            DistilBertConfig,
             vocab_size=VOCAB,
             dim=32,
             hidden_dim=64,
@@ -270,13 +276,13 @@ _ENTRIES = (
         "hf_resnet",
         ResNetModel,
         partial(ResNetConfig, embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="basic"),
-        "HF ResNet, 7x7 stem + 2 stages x 1 basic block (8, 16 ch): 2 residual branches, channels",
-        calibrate=True,
+        "HF ResNet, 7x7 stem + 2 stages x 1 basic block (8, 16 ch): 1 residual branch (stage 2 has a conv shortcut)",
     ),
     _vision(
         "hf_convnext",
         ConvNextModel,
-        partial(ConvNextConfig,
+        partial(
+            ConvNextConfig,
             num_stages=2,
             hidden_sizes=(8, 16),
             depths=(2, 1),
@@ -289,7 +295,8 @@ _ENTRIES = (
     _vision(
         "hf_vit",
         ViTModel,
-        partial(ViTConfig,
+        partial(
+            ViTConfig,
             image_size=IMAGE,
             patch_size=8,
             hidden_size=32,

@@ -122,22 +122,20 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-sized ResNet: conv3x3 stem, two stages of two blocks, avg-pool + linear head."""
+    """CIFAR-sized ResNet: conv3x3 stem (8 ch), two stages of two blocks, avg-pool + linear head."""
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], widths: tuple[int, int], num_classes: int = 10) -> None:
+    def __init__(
+        self, block: type[BasicBlock | Bottleneck], widths: tuple[int, int], num_classes: int = 10
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, stem, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
         self.relu = nn.ReLU(inplace=True)
-        in_ch = stem
-        stages = []
-        for i, width in enumerate(widths):
-            out_ch = width * block.expansion
-            stages.append(nn.Sequential(block(in_ch, width, 1 if i == 0 else 2), block(out_ch, width)))
-            in_ch = out_ch
-        self.layer1, self.layer2 = stages
+        (w1, w2), (out1, out2) = widths, (w * block.expansion for w in widths)
+        self.layer1 = nn.Sequential(block(8, w1), block(out1, w1))
+        self.layer2 = nn.Sequential(block(out1, w2, stride=2), block(out2, w2))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.fc = nn.Linear(out2, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -434,11 +432,11 @@ _ENTRIES = (
     ),
     _vision(
         "resnet_basic", partial(ResNet, BasicBlock, (8, 16)),
-        "ResNet, 2 stages x 2 BasicBlocks (8, 16 ch), shared in-place ReLU: 4 residual branches, channels",
+        "ResNet, 2 stages x 2 BasicBlocks (8, 16 ch), shared in-place ReLU: 3 residual branches (the stride-2 block has a conv shortcut)",
     ),
     _vision(
         "resnet_bottleneck", partial(ResNet, Bottleneck, (4, 8)),
-        "ResNet, 2 stages x 2 Bottlenecks (4->16, 8->32 ch): 4 residual branches, inner/outer channels",
+        "ResNet, 2 stages x 2 Bottlenecks (4->16, 8->32 ch): 2 residual branches (2 blocks have projection shortcuts)",
     ),
     _vision("vgg_bn", VGG, "VGG 8,8,M,16,16,M + flatten MLP: 4 ConvBNReLU layers, channels, no skips"),
     _vision(
