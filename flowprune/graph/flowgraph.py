@@ -77,7 +77,12 @@ class FlowGraph:
         return self.calls[self.nx.nodes[v]["cid"]].path
 
     def vertices_within(self, path: str) -> set[str]:
-        return {v for v, d in self.nx.nodes(data=True) if "cid" in d and within(self.calls[d["cid"]].path, path)}
+        """Vertices owned by module ``path`` or its submodules (cached: removal analysis asks often)."""
+        cache = self.__dict__.setdefault("_within", {})
+        if path not in cache:
+            cache[path] = {v for v, d in self.nx.nodes(data=True)
+                           if "cid" in d and within(self.calls[d["cid"]].path, path)}
+        return cache[path]
 
     def module_paths_by_depth(self) -> list[str]:
         return sorted(self._by_path, key=lambda p: (p.count(".") if p else -1, p))
@@ -85,6 +90,14 @@ class FlowGraph:
     def params_within(self, paths: Iterable[str]) -> int:
         """Parameters owned only by modules inside ``paths`` (tied weights used elsewhere do not count)."""
         paths = list(paths)
+        if len(paths) == 1:  # cached: removal analysis asks for every module path
+            cache = self.__dict__.setdefault("_params1", {})
+            if paths[0] not in cache:
+                cache[paths[0]] = self._params(paths)
+            return cache[paths[0]]
+        return self._params(paths)
+
+    def _params(self, paths: list[str]) -> int:
         return sum(n for n, owners in self._owners.values() if all(any(within(o, p) for p in paths) for o in owners))
 
     def flops_of(self, path: str) -> int:
