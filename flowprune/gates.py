@@ -67,13 +67,13 @@ class Gates:
         def branch(module, args, kwargs, output):
             with internal():
                 a = self.alpha[i]
-                return replace_tensor_leaf(output, c.out_index, lambda y: y * a.to(y.dtype))
+                return replace_tensor_leaf(output, c.out_index, lambda y: y * a.to(device=y.device, dtype=y.dtype))
 
         def layer(module, args, kwargs, output):
             with internal():
                 a = self.alpha[i]
                 x = first_tensor(args, kwargs)
-                return replace_tensor_leaf(output, 0, lambda y: x + a.to(y.dtype) * (y - x))
+                return replace_tensor_leaf(output, 0, lambda y: x + a.to(device=y.device, dtype=y.dtype) * (y - x))
 
         return branch if c.kind == "branch" else layer
 
