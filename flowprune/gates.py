@@ -23,7 +23,8 @@ import torch
 from ._tree import first_tensor, replace_tensor_leaf
 from .graph import Candidate, FlowGraph
 from .graph.recorder import internal
-from .graph.trace import record
+from .graph.tap import Tap
+from .graph.trace import call_model, eval_mode
 
 
 class Gates:
@@ -115,15 +116,20 @@ class Gates:
         want_m = {(self.graph.call(merges[c.merge].cid).key, merges[c.merge].raw_index)
                   for c in self.candidates if c.kind == "branch"}
         want_c = {self.graph.call(c.cid).key for c in self.candidates if c.kind == "layer"}
+        captured: dict = {}
+        tap = Tap(self.model, merges=want_m, calls=want_c,
+                  on_merge=lambda key, ops, res: captured.update({("ops", key): ops, ("res", key): res}),
+                  on_call=lambda key, x, y: captured.update({("in", key): x, ("out", key): y}))
         saved = self.alpha
         self.alpha = torch.zeros(len(self.candidates))
         try:
-            rec, _ = record(self.model, self.graph.example_inputs, capture_merges=want_m, capture_calls=want_c)
+            with eval_mode(self.model), torch.no_grad(), tap:
+                call_model(self.model, self.graph.example_inputs)
         finally:
             self.alpha = saved
         bad: list[tuple[Candidate, str]] = []
         for c in self.candidates:
-            why = self._check_one(c, merges, rec.captured)
+            why = self._check_one(c, merges, captured)
             if why:
                 bad.append((c, why))
         for c, why in bad:

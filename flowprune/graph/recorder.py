@@ -112,14 +112,9 @@ def _flat_tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
 
 
 class Recorder(TorchFunctionMode):
-    """Hooks every module of ``model`` and records the graph of one forward.
+    """Hooks every module of ``model`` and records the graph of one forward."""
 
-    ``capture_merges``/``capture_calls`` (sets of ``(call key, raw index)`` / call keys) make it also keep
-    copies of those merges' operands and output, and of those calls' primary input and output: the gates'
-    self-check uses this to look at the same ops in a later forward.
-    """
-
-    def __init__(self, model: nn.Module, capture_merges: set | None = None, capture_calls: set | None = None):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
         self.paths = {}
@@ -132,9 +127,6 @@ class Recorder(TorchFunctionMode):
         self.stack: list[CallRecord] = []
         self.metas: dict[int, tuple[torch.Tensor, Meta]] = {}  # id -> (tensor kept alive, meta)
         self.ncalls: dict[nn.Module, int] = {}
-        self.capture_merges = capture_merges or set()
-        self.capture_calls = capture_calls or set()
-        self.captured: dict[Any, tuple] = {}
         self._handles: list = []
         self._merge_counts: dict[tuple, int] = {}
 
@@ -202,8 +194,6 @@ class Recorder(TorchFunctionMode):
                 rec.in_producers = m.producers if m else frozenset()
                 rec.in_shape, rec.in_dtype = tuple(x.shape), x.dtype
             rec._in_metas = [(t, m) for t in _flat_tensors(args, kwargs) if (m := self.meta(t)) is not None]
-            if rec.key in self.capture_calls:
-                self.captured[("in", rec.key)] = x.detach().clone() if x is not None else None
             self.calls.append(rec)
             self.stack.append(rec)
 
@@ -234,8 +224,6 @@ class Recorder(TorchFunctionMode):
                 rec.identity_structure = encode(output, x, identity_index=0) if outs else None
             except NotStubbable:
                 rec.structure = rec.identity_structure = None
-            if rec.key in self.capture_calls:
-                self.captured[("out", rec.key)] = outs[0].detach().clone() if outs else None
             rec._in_metas = []
 
     def _post_leaf(self, module: nn.Module, rec: CallRecord, outs: list[torch.Tensor]) -> None:
@@ -264,17 +252,12 @@ class Recorder(TorchFunctionMode):
         if kind is not None:
             key = (top.key, top.raw_merges)
             top.raw_merges += 1
-            if key in self.capture_merges:
-                with internal():
-                    self.captured[("ops", key)] = [t.detach().clone() for t in _flat_tensors(args, kwargs)]
         out = func(*args, **kwargs)
         with internal():
             f = op_flops(name, args, kwargs, out)
             if f:
                 for r in self.stack:
                     r.flops += f
-            if key is not None and key in self.capture_merges and isinstance(out, torch.Tensor):
-                self.captured[("res", key)] = out.detach().clone()
             if not top.leaf:
                 self._track(name, kind, key, args, kwargs, out)
         return out

@@ -53,9 +53,9 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = f
 
 
-def record(model: nn.Module, example_inputs: Any, **capture: Any) -> tuple[Recorder, Any]:
+def record(model: nn.Module, example_inputs: Any) -> tuple[Recorder, Any]:
     """Run ``model`` once under a Recorder (eval mode, no grad); return the recorder and the output."""
-    rec = Recorder(model, **capture)
+    rec = Recorder(model)
     rec.add_inputs(example_inputs)
     rec.install()
     try:
