@@ -7,15 +7,22 @@
 """
 
 from ._version import __version__
+from .api import analyze, prune
 from .errors import FlowpruneError, InputError, PlanError, TraceError
 from .gates import Gates
 from .graph import Candidate, FlowGraph, trace
 from .plan import Plan
+from .report import Report
 from .rewrite import apply, apply_
+from .solve import Budget
 
 __all__ = [
     "__version__",
     "trace",
+    "analyze",
+    "prune",
+    "Report",
+    "Budget",
     "FlowGraph",
     "Candidate",
     "Gates",

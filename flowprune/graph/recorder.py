@@ -94,6 +94,8 @@ class CallRecord:
     flops: int = 0  # inclusive: everything run while this call was on the stack
     children: list[int] = field(default_factory=list)
     raw_merges: int = 0
+    start: int = 0  # event order: a call that ended before another started cannot depend on it
+    end: int = 0
     _in_metas: list = field(default_factory=list, repr=False)
 
     @property
@@ -129,6 +131,7 @@ class Recorder(TorchFunctionMode):
         self.ncalls: dict[nn.Module, int] = {}
         self._handles: list = []
         self._merge_counts: dict[tuple, int] = {}
+        self._events = 0
 
     # -- metas ---------------------------------------------------------------------------------
     def meta(self, t: torch.Tensor) -> Meta | None:
@@ -188,6 +191,8 @@ class Recorder(TorchFunctionMode):
                              k=k, parent=parent.cid if parent else None, leaf=len(module._modules) == 0)
             if parent:
                 parent.children.append(rec.cid)
+            rec.start = self._events
+            self._events += 1
             x = first_tensor(args, kwargs)
             if x is not None:
                 m = self.meta(x)
@@ -202,6 +207,8 @@ class Recorder(TorchFunctionMode):
             return
         with internal():
             rec = self.stack.pop()
+            rec.end = self._events
+            self._events += 1
             outs = tensor_leaves(output)
             x = first_tensor(args, kwargs)
             if rec.leaf and isinstance(module, nn.RNNBase):

@@ -1,0 +1,133 @@
+"""analyze and prune: the one-call entry points."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ._version import __version__
+from .data import as_batches, split_batch
+from .errors import InputError
+from .graph import trace
+from .graph.trace import call_model, eval_mode
+from .plan import fingerprint
+from .report import Report, agreement
+from .rewrite import apply
+from .score.engine import Engine
+from .score.losses import LossSpec
+from .solve import Budget
+
+CRITERIA = ("flow", "loss", "taylor1", "taylor2", "taylor2_diag", "fisher")
+
+
+def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
+            criteria: Sequence[str] = ("flow", "loss", "taylor2"), example_inputs: Any = None,
+            num_samples: int | None = None, progress: bool = True, seed: int = 0) -> Report:
+    """Score every removal candidate of ``model`` on the calibration ``data``.
+
+    ``data``: an iterable of batches (tensors, ``(inputs, labels)`` tuples or dicts), a DataLoader or a
+    ``datasets.Dataset``.  ``criteria``: "flow" (one forward: flow, energy, proximity, llmdrop,
+    angular, shortgpt), "loss" (exact ablation with replay: loss, kl, spvr), "taylor1", "taylor2"
+    (exact gate Hessian), "taylor2_diag" (Hutchinson diagonal), "fisher".  Magnitude and random
+    baselines are always added.  The model is left as it was.
+
+    >>> report = flowprune.analyze(model, [batch1, batch2], loss="lm")
+    >>> print(report.to_markdown())
+    """
+    bad = [c for c in criteria if c not in CRITERIA]
+    if bad:
+        raise InputError(f"unknown criteria {bad}; choose from {list(CRITERIA)}")
+    from .flow import information_flow
+    from .score.ablation import ablate
+    from .score.baselines import magnitude, random_scores
+    from .score.taylor import fisher, gradient_and_hessian
+
+    batches = as_batches(data, num_samples)
+    x = example_inputs if example_inputs is not None else split_batch(batches[0])[0]
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    graph = trace(model, x)
+    timings["trace"] = time.perf_counter() - t
+    eng = Engine(graph, batches, loss, progress=progress)
+    g = H = None
+    hessian_kind = None
+    with eng:
+        eng.gates.check = False  # checked once on entry; later entries (plans) skip it
+        cands = eng.candidates
+        cols: dict[str, dict[str, float]] = {c.id: {} for c in cands}
+
+        def stage(name: str, fn):
+            t0 = time.perf_counter()
+            res = fn()
+            timings[name] = time.perf_counter() - t0
+            return res
+
+        if "flow" in criteria:
+            for cid, v in stage("flow", lambda: information_flow(eng)).items():
+                cols[cid].update(v)
+        eng.references()
+        base = eng.loss()
+        if "loss" in criteria:
+            for cid, v in stage("loss", lambda: ablate(eng)).items():
+                cols[cid].update(v)
+        wants = [c for c in ("taylor2", "taylor2_diag", "taylor1") if c in criteria]
+        if wants:
+            kind = {"taylor2": "full", "taylor2_diag": "diag", "taylor1": "none"}[wants[0]]
+            g, H = stage(wants[0], lambda: gradient_and_hessian(eng, hessian=kind, seed=seed))
+            hessian_kind = wants[0] if H is not None else None
+            for k, c in enumerate(cands):
+                cols[c.id]["taylor1"] = float(-g[k])
+                if H is not None:
+                    cols[c.id][wants[0]] = float(-g[k] + 0.5 * H[k, k])
+        if "fisher" in criteria:
+            gf, Fm = stage("fisher", lambda: fisher(eng, seed=seed))
+            for k, c in enumerate(cands):
+                cols[c.id]["fisher"] = float(-gf[k] + 0.5 * Fm[k, k])
+            if H is None:
+                g, H, hessian_kind = gf, Fm, "fisher"
+    for cid, v in magnitude(graph, cands).items():
+        cols[cid]["magnitude"] = v
+    for cid, v in random_scores(cands, seed).items():
+        cols[cid]["random"] = v
+    names = [k for k in cols[cands[0].id]] if cands else []
+    names = [n for n in names if not all(math.isnan(cols[c.id][n]) for c in cands)]  # e.g. kl without logits
+    primary = "loss" if "loss" in names else (names[0] if names else None)
+    order = sorted(cands, key=lambda c: cols[c.id][primary]) if primary else cands
+    rank = {c.id: i + 1 for i, c in enumerate(order)}
+    rows = [{"id": c.id, "kind": c.kind, "path": c.path, "params": c.params, "flops": c.flops,
+             **{n: cols[c.id].get(n) for n in names}, "rank": rank[c.id]} for c in cands]
+    data = {"schema": 1, "version": __version__, "model_class": type(model).__name__,
+            "fingerprint": fingerprint(model), "loss": loss if isinstance(loss, str) else "callable",
+            "base_loss": base, "num_samples": sum(eng.sizes), "total_params": graph.total_params,
+            "total_flops": graph.total_flops, "criteria": names, "rank_by": primary, "candidates": rows,
+            "fidelity": agreement(rows, names), "g": None if g is None else g.tolist(),
+            "H": None if H is None else H.tolist(), "hessian_kind": hessian_kind, "plans": [],
+            "dropped": dict(eng.gates.failed), "timings": timings}
+    return Report(data, eng)
+
+
+def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, criterion: str = "loss",
+          strategy: str = "greedy", loss: LossSpec = "distill", num_samples: int | None = None,
+          progress: bool = True) -> tuple[nn.Module, Report]:
+    """Analyze, plan under ``budget`` and rewrite: returns (pruned copy of ``model``, report).  The
+    report's last plan holds the predicted and measured ΔL, and ``measured_rewritten``: the loss change
+    of the returned model itself.
+
+    >>> small, report = flowprune.prune(model, batches, Budget(count=2))
+    """
+    needs = {"loss": ["loss"], "taylor1": ["taylor1"], "taylor2": ["taylor2"], "taylor2_diag": ["taylor2_diag"],
+             "fisher": ["fisher"], "magnitude": [], "random": []}.get(criterion, ["flow"])
+    if strategy == "quadratic" and not ({"taylor2", "fisher"} & set(needs)):
+        needs = needs + ["taylor2"]
+    report = analyze(model, data, loss=loss, criteria=tuple(needs), num_samples=num_samples, progress=progress)
+    plan = report.plan(budget, criterion=criterion, strategy=strategy)
+    pruned = apply(model, plan)
+    eng = report._engine
+    with torch.no_grad(), eval_mode(pruned):
+        losses = [eng.batch_loss(i, call_model(pruned, eng.inputs(i))) for i in range(len(eng.batches))]
+    report.plans[-1]["measured_rewritten"] = eng.mean(losses) - report.base_loss
+    return pruned, report

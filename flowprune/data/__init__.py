@@ -1,0 +1,91 @@
+"""Calibration data: turn what users pass (batches, a DataLoader, a ``datasets.Dataset``) into a list
+of batches, and split a batch into model inputs and labels."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import InputError
+from .._tree import tensor_leaves
+
+LABEL_KEYS = ("labels", "label")
+
+
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    """(model inputs, labels).  A dict's ``labels``/``label`` entry is the label; a 2-tuple
+    ``(inputs, labels)`` is a classification batch; a tensor or other tuple has no labels."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, dict):
+        labels = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        return {k: v for k, v in batch.items() if k not in LABEL_KEYS}, labels
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
+            and not batch[1].is_floating_point():
+        x = batch[0]
+        return (x if isinstance(x, (torch.Tensor, dict)) else tuple(x)), batch[1]
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch), None
+    raise InputError(f"a batch must be a tensor, a tuple or a dict of tensors, got {type(batch).__name__}")
+
+
+def batch_size(batch: Any) -> int:
+    """Number of samples: the first dimension of the batch's first tensor."""
+    leaves = tensor_leaves(split_batch(batch)[0])
+    return int(leaves[0].shape[0]) if leaves and leaves[0].dim() else 1
+
+
+def _from_dataset(ds: Any, batch_size_: int) -> list[dict]:
+    ds = ds.with_format("torch")
+    cols = [c for c in ds.column_names if isinstance(ds[0][c], torch.Tensor)]
+    if not cols:
+        raise InputError("the dataset has no tensor columns: tokenize it first (e.g. ds.map(tokenizer))")
+    return [{c: ds[i:i + batch_size_][c] for c in cols} for i in range(0, len(ds), batch_size_)]
+
+
+def as_batches(data: Any, num_samples: int | None = None, batch_size_: int = 8) -> list:
+    """A list of batches with at most ``num_samples`` samples in all (the last batch is cut).
+
+    >>> as_batches(torch.randn(10, 4), num_samples=6, batch_size_=4)   # a tensor is split in batches
+    """
+    try:
+        import datasets
+
+        is_ds = isinstance(data, datasets.Dataset)
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        is_ds = False
+    if is_ds:
+        batches: Iterable = _from_dataset(data, batch_size_)
+    elif isinstance(data, torch.Tensor):
+        batches = list(data.split(batch_size_))
+    elif isinstance(data, (dict, tuple)):
+        batches = [data]
+    elif isinstance(data, Iterable):
+        batches = data
+    else:
+        raise InputError(f"data must be an iterable of batches, a DataLoader, a datasets.Dataset or a tensor, "
+                         f"got {type(data).__name__}")
+    out, n = [], 0
+    for b in batches:
+        if num_samples is not None and n >= num_samples:
+            break
+        size = batch_size(b)
+        if num_samples is not None and n + size > num_samples:
+            b = _cut(b, num_samples - n)
+            size = num_samples - n
+        out.append(b)
+        n += size
+    if not out:
+        raise InputError("data gave no batch: pass at least one batch of calibration inputs")
+    return out
+
+
+def _cut(batch: Any, k: int) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch[:k]
+    if isinstance(batch, dict):
+        return {key: _cut(v, k) for key, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_cut(v, k) for v in batch)
+    return batch

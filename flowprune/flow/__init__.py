@@ -1,0 +1,140 @@
+"""Information flow from one forward pass over the calibration data (streaming statistics).
+
+For a branch z entering a merge with output y (the other terms sum to y − z):
+  energy     ‖z‖² / ‖y‖²
+  proximity  max(0, ‖y‖₁ − ‖y − z‖₁) / Σ over the merge's inputs of the same
+  llmdrop    1 − cos(y − z, y)         (LLM-Drop: 1 − cos(x, x + f(x)))
+  angular    arccos(cos(y − z, y)) / π
+For a layer with input x and output y, the same with z = y − x; ``shortgpt`` is ShortGPT's block
+influence 1 − cos(x, y) of the layer (for a branch: of the layer candidate that contains it).
+``flow`` propagates the local energy shares backwards along the DAG from the output (networkx): each
+vertex's share of what reaches the output; a branch gets its merge's share times its local share.
+Cosines are per token for [B, T, D] tensors and per sample otherwise.  Every sum is streamed, so memory
+does not grow with the number of batches.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import networkx as nx
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..graph.tap import Tap
+from ..graph.removal import within
+from ..score.engine import Engine, _clone
+
+FLOW_CRITERIA = ("flow", "energy", "proximity", "llmdrop", "angular", "shortgpt")
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.float(), b.float()
+    if a.dim() == 3:
+        return F.cosine_similarity(a, b, dim=-1).flatten()
+    return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1) if a.dim() > 1 else F.cosine_similarity(a, b, dim=0)[None]
+
+
+class _Stats:
+    """Streaming sums for one merge (all operands) or one layer (operands: skip x, update y − x)."""
+
+    def __init__(self) -> None:
+        self.sq: dict[int, float] = defaultdict(float)  # Σ‖z_i‖²
+        self.l1_rest: dict[int, float] = defaultdict(float)  # Σ‖y − z_i‖₁
+        self.cos: dict[int, float] = defaultdict(float)  # Σ cos(y − z_i, y)
+        self.ang: dict[int, float] = defaultdict(float)
+        self.count: dict[int, int] = defaultdict(int)
+        self.y_sq = 0.0
+        self.y_l1 = 0.0
+
+    def update(self, ops: list[torch.Tensor], y: torch.Tensor) -> None:
+        y = y.float()
+        self.y_sq += float((y * y).sum())
+        self.y_l1 += float(y.abs().sum())
+        for i, z in enumerate(ops):
+            z = z.float()
+            self.sq[i] += float((z * z).sum())
+            if z.shape != y.shape:  # a concat input: only its energy share is defined
+                continue
+            rest = y - z
+            self.l1_rest[i] += float(rest.abs().sum())
+            c = _cos(rest, y).clamp(-1, 1)
+            self.cos[i] += float(c.sum())
+            self.ang[i] += float(torch.arccos(c).sum() / torch.pi)
+            self.count[i] += c.numel()
+
+    def local(self, i: int) -> dict[str, float]:
+        prox = {j: max(0.0, self.y_l1 - self.l1_rest[j]) for j in self.sq}
+        n = max(self.count[i], 1)
+        return {"energy": self.sq[i] / max(self.y_sq, 1e-30),
+                "proximity": prox[i] / max(sum(prox.values()), 1e-30),
+                "llmdrop": 1 - self.cos[i] / n, "angular": self.ang[i] / n}
+
+    def shares(self) -> list[float]:
+        tot = sum(self.sq.values())
+        return [self.sq[i] / tot if tot > 0 else 1 / len(self.sq) for i in sorted(self.sq)]
+
+
+def information_flow(eng: Engine) -> dict[str, dict[str, float]]:
+    """One forward over the calibration batches (with every α = 1; it also records the reference
+    outputs) -> {candidate id: {criterion: value}} for ``FLOW_CRITERIA``."""
+    g = eng.graph
+    merges = {(g.call(m.cid).key, m.raw_index): m for m in g.merges if m.kind in ("add", "cat")}
+    layers = {g.call(c.cid).key: c for c in eng.candidates if c.kind == "layer"}
+    mstats: dict[str, _Stats] = defaultdict(_Stats)
+    lstats: dict[str, _Stats] = defaultdict(_Stats)
+    tap = Tap(eng.model, merges=set(merges), calls=set(layers),
+              on_merge=lambda key, ops, y: mstats[merges[key].vid].update(ops, y),
+              on_call=lambda key, x, y: lstats[layers[key].id].update([x, y - x], y))
+    refs = []
+    with eng.alphas(torch.ones(len(eng.candidates))), torch.no_grad(), tap:
+        for i in tqdm(range(len(eng.batches)), desc="information flow", disable=not eng.progress, leave=False):
+            refs.append(_clone(eng.run(i)))
+    if not eng.refs:
+        eng.refs = refs
+    flow = _propagate(g, {vid: s.shares() for vid, s in mstats.items()})
+    out: dict[str, dict[str, float]] = {}
+    for c in eng.candidates:
+        if c.kind == "branch" and c.merge in mstats:
+            st = mstats[c.merge]
+            out[c.id] = {**st.local(c.operand), "flow": flow.get(c.merge, 0.0) * st.shares()[c.operand]}
+        elif c.kind == "layer" and c.id in lstats:
+            out[c.id] = {**lstats[c.id].local(1), "flow": 0.0}
+    for c in eng.candidates:  # a layer carries the flow of its branches, or all of its output's
+        if c.kind == "layer" and c.id in out:
+            inner = [out[b.id]["flow"] for b in eng.candidates if b.kind == "branch" and within(b.path, c.path) and b.id in out]
+            out[c.id]["flow"] = sum(inner) if inner else sum(flow.get(v, 0.0) for v in g.call(c.cid).out_producers)
+    for c in eng.candidates:
+        if c.id not in out:
+            continue
+        enclosing = [l for l in eng.candidates if l.kind == "layer" and within(c.path, l.path) and l.id in out]
+        host = max(enclosing, key=lambda l: len(l.path)) if enclosing else c
+        out[c.id]["shortgpt"] = out[host.id]["llmdrop"]
+    return out
+
+
+def _propagate(g, shares: dict[str, list[float]]) -> dict[str, float]:
+    """Share of the output reaching each vertex: merges split by their operands' energy shares, mul
+    merges and other vertices split equally among their inputs."""
+    G = g.nx
+    weights: dict[tuple[str, str], float] = defaultdict(float)
+    by_vid = {m.vid: m for m in g.merges}
+    for s in G:
+        preds = list(G.predecessors(s))
+        if not preds:
+            continue
+        m = by_vid.get(s)
+        if m is not None and s in shares:
+            for i, op in enumerate(m.operands):
+                for p in op.producers:
+                    weights[(p, s)] += shares[s][i] / len(op.producers)
+        else:
+            for p in preds:
+                weights[(p, s)] += 1 / len(preds)
+    flow = {v: 0.0 for v in G}
+    flow["output"] = 1.0
+    for v in reversed(list(nx.topological_sort(G))):
+        if v != "output":
+            flow[v] = sum(flow[s] * weights[(v, s)] for s in G.successors(v))
+    return flow

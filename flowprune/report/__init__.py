@@ -1,0 +1,238 @@
+"""Report: every candidate with its score under every criterion, their agreement with the exact loss
+change, the gate-space Taylor terms, and the plans made — as JSON (versioned) and Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .._version import __version__
+from ..errors import InputError, PlanError
+from ..plan import Plan, write_atomic
+from ..solve import Budget, greedy, one_shot, quadratic
+
+if TYPE_CHECKING:
+    from ..score.engine import Engine
+
+SCHEMA = 1
+# higher = more important (removed last) for every criterion
+DESCRIPTIONS = {
+    "loss": "exact ΔL of removing the candidate alone (calibration loss)",
+    "kl": "exact KL(original ‖ ablated) per token/sample",
+    "spvr": "SPvR: flipped argmax + |Δp| of the originally predicted class, summed over samples",
+    "taylor1": "first-order Taylor prediction −g",
+    "taylor2": "second-order prediction −g + ½H_cc (exact gate Hessian)",
+    "taylor2_diag": "second-order prediction with a Hutchinson estimate of diag(H)",
+    "fisher": "second-order prediction −g + ½F_cc (Fisher)",
+    "flow": "share of the output's energy that flows through it (propagated along the DAG)",
+    "energy": "‖z‖²/‖y‖² at its merge",
+    "proximity": "max(0, ‖y‖₁ − ‖y − z‖₁), normalised over the merge's inputs",
+    "llmdrop": "LLM-Drop 1 − cos(x, x + f(x))",
+    "angular": "arccos(cos(x, x + f(x)))/π",
+    "shortgpt": "ShortGPT block influence 1 − cos(in, out) of the enclosing layer",
+    "magnitude": "RMS of the weights the removal deletes",
+    "random": "uniform random (seeded)",
+}
+
+
+class Report:
+    """Scores of every candidate.  ``candidates`` is a list of rows (dicts: id, kind, path, params,
+    flops, one column per criterion, rank).  Made by ``flowprune.analyze``; plans from a live report
+    (``report.plan``) may re-measure on the model and data; a report read back with ``from_json`` keeps
+    everything but that.
+
+    >>> report = flowprune.analyze(model, batches)
+    >>> plan = report.plan(Budget(count=2), criterion="loss", strategy="greedy")
+    """
+
+    def __init__(self, data: dict, engine: "Engine | None" = None):
+        self.data = data
+        self._engine = engine
+
+    # -- content -----------------------------------------------------------------------------------
+    @property
+    def candidates(self) -> list[dict]:
+        return self.data["candidates"]
+
+    @property
+    def criteria(self) -> list[str]:
+        return self.data["criteria"]
+
+    @property
+    def fidelity(self) -> dict[str, dict[str, float]]:
+        return self.data["fidelity"]
+
+    @property
+    def plans(self) -> list[dict]:
+        return self.data["plans"]
+
+    @property
+    def base_loss(self) -> float:
+        return self.data["base_loss"]
+
+    def scores(self, criterion: str) -> dict[str, float]:
+        if criterion not in self.criteria:
+            raise InputError(f"criterion {criterion!r} was not computed; this report has {self.criteria}")
+        return {r["id"]: r[criterion] for r in self.candidates}
+
+    def column(self, criterion: str) -> np.ndarray:
+        return np.array([r[criterion] for r in self.candidates], dtype=float)
+
+    @property
+    def gradient(self) -> torch.Tensor | None:
+        g = self.data.get("g")
+        return None if g is None else torch.tensor(g, dtype=torch.float64)
+
+    @property
+    def hessian(self) -> torch.Tensor | None:
+        H = self.data.get("H")
+        return None if H is None else torch.tensor(H, dtype=torch.float64)
+
+    def predict(self, ids: list[str]) -> float:
+        """Taylor prediction of ΔL for removing ``ids`` together (pairwise interactions included)."""
+        from ..score.taylor import predict
+
+        if self.gradient is None:
+            raise InputError("no Taylor terms in this report: analyze with criteria including 'taylor2' or 'fisher'")
+        index = {r["id"]: k for k, r in enumerate(self.candidates)}
+        return predict(self.gradient, self.hessian, [index[i] for i in ids])
+
+    def measure(self, ids: list[str]) -> float:
+        """Exact ΔL of removing ``ids`` together, on the calibration data (needs a live report)."""
+        eng = self._live()
+        with eng:
+            return eng.loss(ids) - self.base_loss
+
+    def _live(self) -> "Engine":
+        if self._engine is None:
+            raise PlanError("this report was read from JSON and has no model or data: run flowprune.analyze again")
+        return self._engine
+
+    # -- plans ----------------------------------------------------------------------------------------
+    def plan(self, budget: Budget | float | int | dict, criterion: str = "loss", strategy: str = "one_shot") -> Plan:
+        """Choose removals under ``budget`` and return the Plan; the choice, its predicted and its
+        measured ΔL are appended to ``report.plans``."""
+        from ..score.ablation import ablate
+
+        budget = Budget.parse(budget)
+        eng = self._live()
+        graph = eng.graph
+        cands = [graph.candidate(r["id"]) for r in self.candidates]
+        predicted = None
+        with eng:
+            if strategy == "one_shot":
+                measure = (lambda ids: eng.loss(ids) - self.base_loss)
+                ids = one_shot(graph, cands, self.scores(criterion), budget, measure)
+                if criterion == "loss":
+                    predicted = sum(self.scores("loss")[i] for i in ids)
+            elif strategy == "greedy":
+                def rescore(rest: list[str], removed: list[str]) -> dict[str, float]:
+                    base = eng.loss(removed) - self.base_loss if removed else 0.0
+                    return {k: v["loss"] + base for k, v in ablate(eng, rest, base=removed).items()}
+
+                ids = greedy(graph, cands, budget, rescore)
+                criterion = "loss"
+            elif strategy == "quadratic":
+                if self.hessian is None:
+                    raise InputError("strategy='quadratic' needs the gate Hessian: analyze with 'taylor2' or 'fisher'")
+                index = {r["id"]: k for k, r in enumerate(self.candidates)}
+                ids = quadratic(graph, cands, self.gradient, self.hessian, budget, index)
+                criterion = self.data["hessian_kind"]
+            else:
+                raise InputError(f"unknown strategy {strategy!r}: use 'one_shot', 'greedy' or 'quadratic'")
+            measured = eng.loss(ids) - self.base_loss
+        if predicted is None and self.gradient is not None:
+            predicted = self.predict(ids)
+        if strategy == "greedy":
+            predicted = measured  # greedy's choice is scored exactly
+        plan = graph.plan(ids)
+        self.plans.append({"criterion": criterion, "strategy": strategy, "budget": asdict(budget), "removals": ids,
+                           "params_removed": plan.params_removed, "flops_removed": plan.flops_removed,
+                           "predicted": predicted, "measured": measured})
+        return plan
+
+    # -- output ---------------------------------------------------------------------------------------
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The report as JSON (``schema`` versioned); written atomically to ``path`` if given."""
+        text = json.dumps(_finite(self.data), indent=1)
+        if path is not None:
+            write_atomic(Path(path), text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike) -> "Report":
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        data = json.loads(text)
+        if data.get("schema", 0) > SCHEMA:
+            raise PlanError(f"report schema {data['schema']} is newer than this flowprune ({__version__}) reads")
+        return cls(data)
+
+    def to_markdown(self) -> str:
+        """Candidates table, agreement with exact ΔL, and plans, as Markdown."""
+        d = self.data
+        crit = self.criteria
+        lines = [f"# flowprune report: {d['model_class']}", "",
+                 f"loss `{d['loss']}` = {d['base_loss']:.4g} on {d['num_samples']} samples; "
+                 f"{d['total_params']:,} parameters; flowprune {d['version']}", "",
+                 "## Candidates", "", "| rank | id | kind | params | " + " | ".join(crit) + " |",
+                 "|---:|---|---|---:|" + "---:|" * len(crit)]
+        for r in sorted(self.candidates, key=lambda r: r["rank"]):
+            lines.append(f"| {r['rank']} | {r['id']} | {r['kind']} | {r['params']:,} | "
+                         + " | ".join(_fmt(r[c]) for c in crit) + " |")
+        if self.fidelity:
+            lines += ["", "## Agreement with the exact loss change", "", "| criterion | Spearman | Kendall |",
+                      "|---|---:|---:|"]
+            lines += [f"| {c} | {_fmt(v['spearman'])} | {_fmt(v['kendall'])} |" for c, v in self.fidelity.items()]
+        if self.plans:
+            lines += ["", "## Plans", "", "| strategy | criterion | removals | params removed | predicted ΔL | measured ΔL |",
+                      "|---|---|---|---:|---:|---:|"]
+            lines += [f"| {p['strategy']} | {p['criterion']} | {', '.join(p['removals'])} | {p['params_removed']:,} | "
+                      f"{_fmt(p['predicted'])} | {_fmt(p['measured'])} |" for p in self.plans]
+        lines += ["", "Criteria (higher = more important, removed last): "
+                  + "; ".join(f"`{c}` {DESCRIPTIONS.get(c, '')}" for c in crit)]
+        return "\n".join(lines) + "\n"
+
+
+def agreement(rows: list[dict], criteria: list[str], reference: str = "loss") -> dict[str, dict[str, float]]:
+    """Spearman and Kendall rank correlation of each criterion with ``reference``."""
+    if reference not in criteria or len(rows) < 3:
+        return {}
+    ref = np.array([r[reference] for r in rows], dtype=float)
+    out = {}
+    for c in criteria:
+        if c == reference:
+            continue
+        v = np.array([r[c] for r in rows], dtype=float)
+        ok = np.isfinite(v) & np.isfinite(ref)
+        if ok.sum() < 3 or np.ptp(v[ok]) == 0:
+            continue
+        out[c] = {"spearman": float(stats.spearmanr(v[ok], ref[ok]).statistic),
+                  "kendall": float(stats.kendalltau(v[ok], ref[ok]).statistic)}
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _finite(obj: Any) -> Any:
+    # JSON has no NaN: write null
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,167 @@
+"""Engine: the gated model on the calibration batches — reference outputs, losses, and ablations with
+replay of everything upstream of the ablated candidate.
+
+Replay: removing candidate c does not change anything computed before c's module is called.  During a
+reference pass the outputs of the modules that finish before c starts (the maximal ones: siblings of c's
+ancestors) are recorded; the ablated pass then returns those recordings instead of running the modules,
+so a candidate at depth i recomputes only the suffix.  Gates take α ∈ {0, 1} in every ablation, where
+re-applying a gate to a replayed (already gated) output changes nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ..data import batch_size, split_batch
+from ..gates import Gates
+from ..graph import Candidate, FlowGraph
+from ..graph.trace import call_model, eval_mode
+from .losses import LossSpec, resolve
+
+
+def _clone(obj: Any) -> Any:
+    return pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, obj)
+
+
+def replay_sources(graph: FlowGraph, c: Candidate) -> list[str]:
+    """Paths of the maximal modules that finish before ``c``'s module starts (each called once)."""
+    counts: dict[str, int] = {}
+    for r in graph.calls:
+        counts[r.path] = counts.get(r.path, 0) + 1
+    me = graph.call(c.cid)
+    out, a = [], me
+    while a.parent is not None:
+        parent = graph.call(a.parent)
+        out += [graph.call(d).path for d in parent.children
+                if graph.call(d).end < me.start and counts[graph.call(d).path] == 1]
+        a = parent
+    return out
+
+
+class Engine:
+    """Runs ``graph.model`` with gates on calibration ``batches`` and evaluates losses.
+
+    >>> eng = Engine(graph, batches, "distill")
+    >>> with eng:
+    ...     base = eng.loss()                       # all α = 1
+    ...     dl = eng.loss(removed=["model.layers.3:layer"]) - base
+    """
+
+    def __init__(self, graph: FlowGraph, batches: Sequence[Any], loss: LossSpec = "distill",
+                 gates: Gates | None = None, progress: bool = True):
+        self.graph, self.model = graph, graph.model
+        self.batches = list(batches)
+        self.sizes = [batch_size(b) for b in self.batches]
+        self.fn, self.per_sample = resolve(loss)
+        self.gates = gates or Gates(graph)
+        self.progress = progress
+        self.refs: list[Any] = []  # original-model outputs per batch (α = 1)
+        self._extra = self._extra_kwargs()
+        self._ctx: list = []
+
+    # -- context: eval mode, gates installed, parameters frozen -------------------------------------
+    def __enter__(self) -> "Engine":
+        self._ctx = [eval_mode(self.model)]
+        self._ctx[0].__enter__()
+        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self._flags:
+            p.requires_grad_(False)  # derivatives are taken with respect to α only
+        self.gates.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.gates.__exit__(*exc)
+        for p, f in self._flags:
+            p.requires_grad_(f)
+        self._ctx[0].__exit__(*exc)
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.gates.candidates
+
+    def _extra_kwargs(self) -> dict:
+        # HF decoders: no KV cache during scoring (nothing to generate; it also keeps replay side-effect free)
+        try:
+            params = inspect.signature(self.model.forward).parameters
+        except (TypeError, ValueError):
+            return {}
+        return {"use_cache": False} if "use_cache" in params else {}
+
+    def inputs(self, i: int) -> Any:
+        x, _ = split_batch(self.batches[i])
+        if isinstance(x, dict):
+            return {**self._extra, **x}
+        return x
+
+    def run(self, i: int) -> Any:
+        """Model output on batch i with the current gates."""
+        return call_model(self.model, self.inputs(i))
+
+    def references(self) -> list[Any]:
+        """Original-model outputs (every α = 1) for each batch, computed once."""
+        if not self.refs:
+            with self.alphas(torch.ones(len(self.candidates))), torch.no_grad():
+                self.refs = [_clone(self.run(i)) for i in range(len(self.batches))]
+        return self.refs
+
+    def batch_loss(self, i: int, out: Any, per_sample: bool = False) -> torch.Tensor:
+        v = self.fn(out, self.batches[i], self.refs[i] if self.refs else None)
+        return v if per_sample else v.mean()
+
+    def mean(self, values: Sequence[torch.Tensor | float]) -> float:
+        return float(sum(float(v) * n for v, n in zip(values, self.sizes)) / sum(self.sizes))
+
+    # -- α helpers ----------------------------------------------------------------------------------
+    @contextmanager
+    def alphas(self, alpha: torch.Tensor) -> Iterator[None]:
+        saved = self.gates.alpha
+        self.gates.alpha = alpha
+        try:
+            yield
+        finally:
+            self.gates.alpha = saved
+
+    def alpha_for(self, removed: Sequence[str] = ()) -> torch.Tensor:
+        a = torch.ones(len(self.candidates))
+        idx = self.gates.index
+        for cid in removed:
+            a[idx[cid]] = 0.0
+        return a
+
+    def loss(self, removed: Sequence[str] = ()) -> float:
+        """Calibration loss with ``removed`` candidates gated off (full forward, no replay)."""
+        self.references()
+        with self.alphas(self.alpha_for(removed)), torch.no_grad():
+            return self.mean([self.batch_loss(i, self.run(i)) for i in range(len(self.batches))])
+
+    # -- replay ---------------------------------------------------------------------------------------
+    @contextmanager
+    def recording(self, paths: set[str]) -> Iterator[dict]:
+        """Record the (gated) outputs of modules ``paths`` during the forwards in the block."""
+        store: dict[str, Any] = {}
+        modules = dict(self.model.named_modules())
+        hooks = [modules[p].register_forward_hook(lambda m, a, out, p=p: store.__setitem__(p, _clone(out)))
+                 for p in paths]
+        try:
+            yield store
+        finally:
+            for h in hooks:
+                h.remove()
+
+    @contextmanager
+    def replaying(self, store: dict, paths: Sequence[str]) -> Iterator[None]:
+        """Modules ``paths`` return their recorded outputs (fresh copies) instead of running."""
+        modules = dict(self.model.named_modules())
+        for p in paths:
+            modules[p].forward = (lambda *a, _p=p, **k: _clone(store[_p]))
+        try:
+            yield
+        finally:
+            for p in paths:
+                del modules[p].forward

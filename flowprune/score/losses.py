@@ -1,0 +1,100 @@
+"""Losses as per-sample vectors [B] (the mean is the calibration loss; per-sample values feed Fisher).
+
+``lm``: causal-LM NLL; ``ce``: cross-entropy with the batch's labels; ``distill``: label-free, KL from
+the original model's logits (or 1 − cos to its hidden states when there are no logits); or any callable
+``(outputs, batch) -> scalar tensor``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .._tree import tensor_leaves
+from ..data import split_batch
+from ..errors import InputError
+
+LossSpec = str | Callable[[Any, Any], torch.Tensor]
+
+
+def logits_of(out: Any) -> torch.Tensor | None:
+    """Logits of a model output: ``.logits``/``["logits"]``, or the output itself if it is a tensor."""
+    if isinstance(out, torch.Tensor):
+        return out
+    lg = getattr(out, "logits", None)
+    if lg is None and isinstance(out, dict):
+        lg = out.get("logits")
+    return lg
+
+
+def hidden_of(out: Any) -> torch.Tensor:
+    """The representation to compare when a model has no logits (``last_hidden_state`` or first tensor)."""
+    h = getattr(out, "last_hidden_state", None)
+    return h if h is not None else tensor_leaves(out)[0]
+
+
+def _token_mask(inputs: Any, like: torch.Tensor) -> torch.Tensor:
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if mask is None or mask.shape != like.shape[:2]:
+        return torch.ones(like.shape[:2], device=like.device)
+    return mask.to(like.device, like.dtype)
+
+
+def _per_sample_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # values, mask: [B, T] -> [B]
+    return (values * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def lm_loss(out: Any, batch: Any, ref: Any = None) -> torch.Tensor:
+    inputs, _ = split_batch(batch)
+    ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
+    lg = logits_of(out)
+    if lg is None or lg.dim() != 3:
+        raise InputError("loss='lm' needs [batch, tokens, vocab] logits from the model")
+    nll = F.cross_entropy(lg[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    return _per_sample_mean(nll.view(ids.shape[0], -1), _token_mask(inputs, lg)[:, 1:])
+
+
+def ce_loss(out: Any, batch: Any, ref: Any = None) -> torch.Tensor:
+    _, labels = split_batch(batch)
+    if labels is None:
+        raise InputError("loss='ce' needs labels: batches as (inputs, labels) or dicts with a 'labels' key; "
+                         "or use loss='distill', which needs none")
+    lg = logits_of(out).float()
+    if lg.dim() == 2:
+        return F.cross_entropy(lg, labels, reduction="none")
+    ce = F.cross_entropy(lg.flatten(0, -2), labels.flatten(), reduction="none", ignore_index=-100)
+    valid = (labels != -100).float()
+    return _per_sample_mean(ce.view(labels.shape), valid)
+
+
+def distill_loss(out: Any, batch: Any, ref: Any) -> torch.Tensor:
+    inputs, _ = split_batch(batch)
+    lg, lg_ref = logits_of(out), logits_of(ref)
+    if lg is not None and lg_ref is not None:
+        logp, logq = F.log_softmax(lg_ref.float(), -1), F.log_softmax(lg.float(), -1)
+        kl = (logp.exp() * (logp - logq)).sum(-1)  # [B] for classifiers, [B, T] for LMs
+        if kl.dim() == 1:
+            return kl
+        return _per_sample_mean(kl.flatten(1), _token_mask(inputs, kl.flatten(1)))
+    h, h_ref = hidden_of(out).float(), hidden_of(ref).float()
+    # [B, T, D]: cosine per token; [B, C, H, W] or [B, D]: cosine per sample
+    dim = -1 if h.dim() == 3 else 1
+    cos = F.cosine_similarity(h if h.dim() <= 3 else h.flatten(1), h_ref if h.dim() <= 3 else h_ref.flatten(1), dim=dim)
+    return (1 - cos).mean(1) if cos.dim() == 2 else 1 - cos
+
+
+BUILTIN: dict[str, Callable] = {"lm": lm_loss, "ce": ce_loss, "distill": distill_loss}
+
+
+def resolve(loss: LossSpec) -> tuple[Callable[[Any, Any, Any], torch.Tensor], bool]:
+    """(per-sample loss fn(out, batch, ref) -> [B] or scalar, whether it is per-sample)."""
+    if isinstance(loss, str):
+        if loss not in BUILTIN:
+            raise InputError(f"unknown loss {loss!r}: use 'lm', 'ce', 'distill' or a callable (outputs, batch) -> scalar")
+        return BUILTIN[loss], True
+    if callable(loss):
+        return (lambda out, batch, ref: loss(out, batch)), False
+    raise InputError(f"loss must be a name or a callable, got {type(loss).__name__}")

@@ -1,0 +1,140 @@
+"""Taylor expansion of the calibration loss in gate space, around the current α (normally all ones).
+
+g = ∂L/∂α (one backward for all C candidates); H = ∂²L/∂α∂α (C×C) from Hessian-vector products:
+reverse-over-reverse (``autograd.grad`` with ``create_graph``, then one batched backward of the C gate
+gradients), or forward-over-reverse with ``torch.func.jvp`` over ``torch.func.grad``.  Removing a set S
+(α_c: 1 → 0 for c ∈ S) predicts ΔL(S) ≈ −Σ_S g_c + ½ Σ_{c,c'∈S} H_cc'.  Cheaper variants: a Hutchinson
+estimate of diag(H) from a few random probes, and the Fisher matrix from per-sample gradients (for the
+distill loss, whose per-sample gradients vanish at α = 1, the true Fisher: labels sampled from the
+original model's predictions).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from .engine import Engine
+from .losses import logits_of
+
+
+def _math_sdpa():
+    # second derivatives through the fused CPU attention kernels fail: use the math backend (DESIGN.md)
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    except ImportError:  # pragma: no cover
+        return nullcontext()
+
+
+def _hvp_rows(g: torch.Tensor, alpha: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Rows vᵀH for each row v of ``vectors`` [K, C], from the gradient ``g`` built with create_graph."""
+    try:
+        return torch.autograd.grad(g, alpha, grad_outputs=vectors, is_grads_batched=True, retain_graph=True)[0]
+    except RuntimeError:  # an op without a batching rule: one backward per vector
+        return torch.stack([torch.autograd.grad(g, alpha, grad_outputs=v, retain_graph=True)[0] for v in vectors])
+
+
+def gradient_and_hessian(eng: Engine, hessian: str = "full", method: str = "autograd", probes: int = 16,
+                         at: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(g [C], H [C, C] or None).  ``hessian``: "full", "diag" (Hutchinson; H returned diagonal) or "none".
+    ``method``: "autograd" (reverse-over-reverse) or "func" (``torch.func.jvp`` over ``torch.func.grad``)."""
+    C = len(eng.candidates)
+    at = torch.ones(C, dtype=torch.float64) if at is None else at.double()
+    eng.references()
+    g_sum = torch.zeros(C, dtype=torch.float64)
+    H_sum = torch.zeros(C, C, dtype=torch.float64) if hessian != "none" else None
+    gen = torch.Generator().manual_seed(seed)
+    hutchinson = hessian == "diag" and probes < C
+    if hutchinson:  # Rademacher probes: E[v ⊙ Hv] = diag(H)
+        V = (torch.randint(0, 2, (probes, C), generator=gen) * 2 - 1).double()
+    else:
+        V = torch.eye(C, dtype=torch.float64)
+    for i, n in enumerate(tqdm(eng.sizes, desc="gate Taylor", disable=not eng.progress, leave=False)):
+        def loss_at(a: torch.Tensor, i: int = i) -> torch.Tensor:
+            with eng.alphas(a):
+                return eng.batch_loss(i, eng.run(i))
+
+        with _math_sdpa():
+            if method == "func":
+                g, HV = _func_batch(loss_at, at, V if hessian != "none" else None)
+            else:
+                alpha = at.clone().requires_grad_(True)
+                L = loss_at(alpha)
+                (g,) = torch.autograd.grad(L, alpha, create_graph=hessian != "none")
+                HV = _hvp_rows(g, alpha, V) if hessian != "none" else None
+        g_sum += g.detach() * n
+        if H_sum is not None:
+            if hessian == "diag":
+                d = (V * HV.detach()).mean(0) if hutchinson else torch.diagonal(HV.detach())
+                H_sum += torch.diag(d) * n
+            else:
+                H_sum += HV.detach() * n
+    total = sum(eng.sizes)
+    H = None if H_sum is None else H_sum / total
+    if H is not None and hessian == "full":
+        H = (H + H.T) / 2  # exact up to rounding; symmetrise
+    return g_sum / total, H
+
+
+def _func_batch(loss_at: Callable, at: torch.Tensor, V: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+    from torch.func import grad, jvp
+
+    grad_fn = grad(loss_at)
+    g = grad_fn(at)
+    if V is None:
+        return g, None
+    return g, torch.stack([jvp(grad_fn, (at,), (v,))[1] for v in V])
+
+
+def fisher(eng: Engine, at: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g [C], F [C, C]): F = mean over samples of ∇ℓ_n ∇ℓ_nᵀ (one batched backward per batch)."""
+    if not eng.per_sample:
+        raise InputError("the Fisher variant needs per-sample losses: use loss='lm', 'ce' or 'distill'")
+    C = len(eng.candidates)
+    at = torch.ones(C, dtype=torch.float64) if at is None else at.double()
+    refs = eng.references()
+    gen = torch.Generator().manual_seed(seed)
+    g_sum, F_sum = torch.zeros(C, dtype=torch.float64), torch.zeros(C, C, dtype=torch.float64)
+    for i, n in enumerate(eng.sizes):
+        alpha = at.clone().requires_grad_(True)
+        with eng.alphas(alpha), _math_sdpa():
+            out = eng.run(i)
+            per = eng.batch_loss(i, out, per_sample=True)  # [B]
+            sampled = _sampled_nll(out, refs[i], gen) if eng.fn.__name__ == "distill_loss" else None
+        eye = torch.eye(len(per), dtype=per.dtype)
+        J = torch.autograd.grad(per, alpha, grad_outputs=eye, is_grads_batched=True,
+                                retain_graph=sampled is not None)[0]  # [B, C]
+        g_sum += J.sum(0).detach()
+        if sampled is not None:
+            J = torch.autograd.grad(sampled, alpha, grad_outputs=eye, is_grads_batched=True)[0]
+        F_sum += (J.T @ J).detach()
+    total = sum(eng.sizes)
+    return g_sum / total, F_sum / total
+
+
+def _sampled_nll(out: Any, ref: Any, gen: torch.Generator) -> torch.Tensor:
+    lg, lg_ref = logits_of(out), logits_of(ref)
+    if lg is None or lg_ref is None:
+        raise InputError("the Fisher variant of the distill loss needs logits (the model returns none)")
+    probs = F.softmax(lg_ref.float().flatten(0, -2), -1)
+    y = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    nll = F.cross_entropy(lg.float().flatten(0, -2), y, reduction="none").view(lg.shape[:-1])
+    return nll if nll.dim() == 1 else nll.flatten(1).mean(1)
+
+
+def predict(g: torch.Tensor, H: torch.Tensor | None, idx: list[int]) -> float:
+    """Predicted ΔL of removing the candidates at positions ``idx`` together."""
+    if not idx:
+        return 0.0
+    s = torch.tensor(idx)
+    pred = -g[s].sum()
+    if H is not None:
+        pred = pred + 0.5 * H[s][:, s].sum()
+    return float(pred)
