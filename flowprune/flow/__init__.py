@@ -29,11 +29,18 @@ from ..score.engine import Engine, _clone
 FLOW_CRITERIA = ("flow", "energy", "proximity", "llmdrop", "angular", "shortgpt")
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a.float(), b.float()
-    if a.dim() == 3:
-        return F.cosine_similarity(a, b, dim=-1).flatten()
-    return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1) if a.dim() > 1 else F.cosine_similarity(a, b, dim=0)[None]
+def _rows(a: torch.Tensor) -> torch.Tensor:
+    # [B, T, D] -> tokens [B·T, D]; anything else -> samples [B, -1]
+    a = a.float()
+    return a.flatten(0, 1) if a.dim() == 3 else (a.flatten(1) if a.dim() > 1 else a[None])
+
+
+def _cos_angle(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and angle (radians) per token/sample; the angle 2·atan2(‖â − b̂‖, ‖â + b̂‖) is exactly 0
+    for parallel vectors, where arccos(cos) would amplify rounding."""
+    ua = F.normalize(_rows(a), dim=1)
+    ub = F.normalize(_rows(b), dim=1)
+    return (ua * ub).sum(1), 2 * torch.atan2((ua - ub).norm(dim=1), (ua + ub).norm(dim=1))
 
 
 class _Stats:
@@ -59,9 +66,9 @@ class _Stats:
                 continue
             rest = y - z
             self.l1_rest[i] += float(rest.abs().sum())
-            c = _cos(rest, y).clamp(-1, 1)
+            c, angle = _cos_angle(rest, y)
             self.cos[i] += float(c.sum())
-            self.ang[i] += float(torch.arccos(c).sum() / torch.pi)
+            self.ang[i] += float(angle.sum() / torch.pi)
             self.count[i] += c.numel()
 
     def local(self, i: int) -> dict[str, float]:
