@@ -19,7 +19,6 @@ from collections import defaultdict
 
 import networkx as nx
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..graph.tap import Tap
@@ -31,45 +30,49 @@ FLOW_CRITERIA = ("flow", "energy", "proximity", "llmdrop", "angular", "shortgpt"
 
 def _rows(a: torch.Tensor) -> torch.Tensor:
     # [B, T, D] -> tokens [B·T, D]; anything else -> samples [B, -1]
-    a = a.float()
     return a.flatten(0, 1) if a.dim() == 3 else (a.flatten(1) if a.dim() > 1 else a[None])
 
 
-def _cos_angle(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine and angle (radians) per token/sample; the angle 2·atan2(‖â − b̂‖, ‖â + b̂‖) is exactly 0
-    for parallel vectors, where arccos(cos) would amplify rounding."""
-    ua = F.normalize(_rows(a), dim=1)
-    ub = F.normalize(_rows(b), dim=1)
-    return (ua * ub).sum(1), 2 * torch.atan2((ua - ub).norm(dim=1), (ua + ub).norm(dim=1))
-
-
 class _Stats:
-    """Streaming sums for one merge (all operands) or one layer (operands: skip x, update y − x)."""
+    """Streaming sums for one merge (all operands) or one layer (operands: skip x, update y − x).
+    Cosines and angles only for the ``focus`` operands (the candidates'); the rest only feed shares."""
 
-    def __init__(self) -> None:
+    def __init__(self, focus: set[int] = frozenset()) -> None:
+        self.focus = set(focus)
         self.sq: dict[int, float] = defaultdict(float)  # Σ‖z_i‖²
         self.l1_rest: dict[int, float] = defaultdict(float)  # Σ‖y − z_i‖₁
         self.cos: dict[int, float] = defaultdict(float)  # Σ cos(y − z_i, y)
-        self.ang: dict[int, float] = defaultdict(float)
+        self.ang: dict[int, float] = defaultdict(float)  # Σ angle(y − z_i, y) / π
         self.count: dict[int, int] = defaultdict(int)
         self.y_sq = 0.0
         self.y_l1 = 0.0
 
     def update(self, ops: list[torch.Tensor], y: torch.Tensor) -> None:
         y = y.float()
-        self.y_sq += float((y * y).sum())
+        self.y_sq += float(y.pow(2).sum())
+        if not self.focus:  # a merge on the way: only the energy shares of its inputs
+            for i, z in enumerate(ops):
+                self.sq[i] += float(z.float().pow(2).sum())
+            return
         self.y_l1 += float(y.abs().sum())
+        yr = _rows(y)
+        y_norm = yr.norm(dim=1)
         for i, z in enumerate(ops):
             z = z.float()
-            self.sq[i] += float((z * z).sum())
+            self.sq[i] += float(z.pow(2).sum())
             if z.shape != y.shape:  # a concat input: only its energy share is defined
                 continue
-            rest = y - z
+            rest = _rows(y - z)
             self.l1_rest[i] += float(rest.abs().sum())
-            c, angle = _cos_angle(rest, y)
-            self.cos[i] += float(c.sum())
+            if i not in self.focus:
+                continue
+            r_norm = rest.norm(dim=1)
+            cos = ((rest * yr).sum(1) / (r_norm * y_norm).clamp_min(1e-30)).clamp(-1, 1)
+            # arccos amplifies rounding near cos = 1: rows where z vanishes have angle exactly 0
+            angle = torch.where(_rows(z).abs().amax(1) == 0, 0.0, torch.arccos(cos.double()).float())
+            self.cos[i] += float(cos.sum())
             self.ang[i] += float(angle.sum() / torch.pi)
-            self.count[i] += c.numel()
+            self.count[i] += cos.numel()
 
     def local(self, i: int) -> dict[str, float]:
         prox = {j: max(0.0, self.y_l1 - self.l1_rest[j]) for j in self.sq}
@@ -89,8 +92,12 @@ def information_flow(eng: Engine) -> dict[str, dict[str, float]]:
     g = eng.graph
     merges = {(g.call(m.cid).key, m.raw_index): m for m in g.merges if m.kind in ("add", "cat")}
     layers = {g.call(c.cid).key: c for c in eng.candidates if c.kind == "layer"}
-    mstats: dict[str, _Stats] = defaultdict(_Stats)
-    lstats: dict[str, _Stats] = defaultdict(_Stats)
+    focus: dict[str, set[int]] = defaultdict(set)
+    for c in eng.candidates:
+        if c.kind == "branch":
+            focus[c.merge].add(c.operand)
+    mstats = {m.vid: _Stats(focus.get(m.vid, set())) for m in merges.values()}
+    lstats = {c.id: _Stats({1}) for c in layers.values()}
     tap = Tap(eng.model, merges=set(merges), calls=set(layers),
               on_merge=lambda key, ops, y: mstats[merges[key].vid].update(ops, y),
               on_call=lambda key, x, y: lstats[layers[key].id].update([x, y - x], y))

@@ -1,0 +1,117 @@
+"""Cost of each scoring stage as a multiple of plain passes, measured in the same run.
+
+    python benchmarks/score_cost.py     # prints a Markdown table, writes benchmarks/results/score_cost.md
+
+Models: a 12-layer Llama from a random config (hidden 256, 4 batches of 4×128 tokens) and a ResNet for
+32×32 images (8 basic blocks, 32 channels, 4 batches of 32).  "forward" is one plain ``model(batch)``
+under no_grad over all batches; "fwd+bwd" adds a backward to the parameters.  Flow and ablation are
+divided by forward, the Taylor stages by fwd+bwd.  Targets (issue 3): flow ≤ 1.3 forwards; replayed
+ablation ≤ 0.6 of naive.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import flowprune
+from flowprune.flow import information_flow
+from flowprune.graph.trace import call_model
+from flowprune.plan import write_atomic
+from flowprune.score.ablation import ablate
+from flowprune.score.engine import Engine
+from flowprune.score.taylor import fisher, gradient_and_hessian
+from flowprune.zoo.nets import BasicBlock
+
+
+def llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=12, num_attention_heads=8,
+                      num_key_value_heads=4, vocab_size=2048, max_position_embeddings=256,
+                      attn_implementation="eager")
+    gen = torch.Generator().manual_seed(0)
+    return LlamaForCausalLM(cfg).eval(), [{"input_ids": torch.randint(0, 2048, (4, 128), generator=gen)} for _ in range(4)]
+
+
+class ResNet(nn.Module):
+    def __init__(self, width: int = 32, blocks: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.Sequential(*[BasicBlock(width, width) for _ in range(blocks)])
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def resnet():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    return ResNet().eval(), [torch.randn(32, 3, 32, 32, generator=gen) for _ in range(4)]
+
+
+def _time(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def measure(name: str, model: nn.Module, batches: list) -> list[str]:
+    graph = flowprune.trace(model, batches[0])
+
+    def forward():
+        with torch.no_grad():
+            for b in batches:
+                call_model(model, b)
+
+    def fwd_bwd():
+        for b in batches:
+            out = call_model(model, b)
+            out = getattr(out, "logits", out)
+            out.float().pow(2).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    t_f, t_fb = _time(forward), _time(fwd_bwd)
+    with Engine(graph, batches, "distill", progress=False) as eng:
+        C = len(eng.candidates)
+        t_flow = _time(lambda: information_flow(eng))
+        eng.references()
+        t_rep = _time(lambda: ablate(eng, replay=True), 1)
+        t_naive = _time(lambda: ablate(eng, replay=False), 1)
+        t_g = _time(lambda: gradient_and_hessian(eng, hessian="none"), 1)
+        t_h = _time(lambda: gradient_and_hessian(eng, hessian="full"), 1)
+        t_fi = _time(lambda: fisher(eng), 1)
+    return [
+        f"| {name} | {C} | flow (one pass, all statistics) | {t_flow:.3f} | {t_flow / t_f:.2f} forwards |",
+        f"| {name} | {C} | exact ablation, replay | {t_rep:.3f} | {t_rep / t_f:.1f} forwards = {t_rep / t_naive:.2f} × naive |",
+        f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |",
+        f"| {name} | {C} | gate gradient (taylor1) | {t_g:.3f} | {t_g / t_fb:.2f} fwd+bwd |",
+        f"| {name} | {C} | full gate Hessian (taylor2) | {t_h:.3f} | {t_h / t_fb:.1f} fwd+bwd |",
+        f"| {name} | {C} | Fisher (per-sample gradients) | {t_fi:.3f} | {t_fi / t_fb:.1f} fwd+bwd |",
+        f"| {name} | {C} | (plain forward / fwd+bwd) | {t_f:.3f} / {t_fb:.3f} | 1 |",
+    ]
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    rows = ["| model | candidates | stage | seconds | relative cost |", "|---|---:|---|---:|---|"]
+    for name, make in (("llama 12x256", llama), ("resnet 8 blocks", resnet)):
+        rows += measure(name, *make())
+        print("\n".join(rows[-7:]), flush=True)
+    text = f"torch {torch.__version__}, {torch.get_num_threads()} threads\n\n" + "\n".join(rows) + "\n"
+    write_atomic(Path(__file__).parent / "results" / "score_cost.md", text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
