@@ -239,8 +239,10 @@ NOTES = """Notes.  ΔL is the calibration loss change (distill: KL to the unprun
 otherwise the gate-space second-order Taylor prediction with the exact gate Hessian (pairwise terms
 included).  quadratic minimises that prediction; greedy re-measures every remaining candidate after each
 removal.  Criteria: higher = more important, removed last; `shortgpt` scores a branch by its enclosing
-layer.  The "sublayers" block restricts the report to branch candidates by rebuilding a Report on the same
-engine with the branch rows and the matching sub-block of g and H (Report.plan has no candidate filter)."""
+layer (ties with the layer, which comes first); `taylor1` = −g is rounding noise (|g| < 1e-7): the distill
+loss is at its minimum at α = 1, so its correlations mean nothing.  The "sublayers" block restricts the
+report to branch candidates by rebuilding a Report on the same engine with the branch rows and the
+matching sub-block of g and H (Report.plan has no candidate filter)."""
 
 
 def main() -> None:

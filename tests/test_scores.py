@@ -167,3 +167,12 @@ def test_report_fidelity_json_and_markdown(tmp_path):
     assert "| rank | id | kind |" in md and "Spearman" in md and "model.layers.3:layer" in md
     with pytest.raises(flowprune.PlanError, match="read from JSON"):
         back.plan(flowprune.Budget(count=1))
+
+
+def test_fisher_of_the_distill_loss_equals_the_gate_hessian_for_a_classifier():
+    # at α = 1 the KL's Hessian is exactly the Fisher of the original predictions (Gauss-Newton, p = q)
+    e = ZOO["resnet_basic"]
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rep = flowprune.analyze(e.build(), [x], criteria=("taylor2", "fisher"), progress=False)
+    for r in rep.candidates:
+        assert r["fisher"] == pytest.approx(r["taylor2"], rel=1e-4, abs=1e-9), r["id"]

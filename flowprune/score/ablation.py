@@ -13,16 +13,25 @@ from .engine import Engine, replay_sources
 from .losses import logits_of
 
 
-def _kl_and_spvr(out, ref) -> tuple[float, float]:
+def _reference_probs(ref):
+    """log p of the original model's outputs and its predicted class, once per batch (None: no logits)."""
+    lg = logits_of(ref)
+    if lg is None:
+        return None
+    logp = F.log_softmax(lg.float(), -1)
+    return logp, lg.argmax(-1, keepdim=True)
+
+
+def _kl_and_spvr(out, ref_probs) -> tuple[float, float]:
     """Summed over samples (tokens for LMs): KL(p_ref || p), and SPvR = flipped argmax + |Δp(pred class)|."""
-    lg, lg_ref = logits_of(out), logits_of(ref)
-    if lg is None or lg_ref is None or lg.shape != lg_ref.shape:
+    lg = logits_of(out)
+    if ref_probs is None or lg is None or lg.shape != ref_probs[0].shape:
         return float("nan"), float("nan")
-    logp, logq = F.log_softmax(lg_ref.float(), -1), F.log_softmax(lg.float(), -1)
+    logp, pred = ref_probs
+    logq = F.log_softmax(lg.float(), -1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
-    pred = lg_ref.argmax(-1, keepdim=True)
     flips = (lg.argmax(-1, keepdim=True) != pred).float()
-    dp = (logq.exp().gather(-1, pred) - logp.exp().gather(-1, pred)).abs()
+    dp = (logq.gather(-1, pred).exp() - logp.gather(-1, pred).exp()).abs()
     return float(kl.sum()), float((flips + dp).sum())
 
 
@@ -46,11 +55,12 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
             with eng.alphas(eng.alpha_for(base)), eng.recording(wanted) as store:
                 b = eng.run(i)
             base_loss += float(eng.batch_loss(i, b)) * n
+            ref_probs = _reference_probs(eng.refs[i])
             for c in cands:
                 with eng.alphas(eng.alpha_for([*base, c.id])), eng.replaying(store, sources[c.id]):
                     out = eng.run(i)
                 sums[c.id]["loss"] += float(eng.batch_loss(i, out)) * n
-                kl, spvr = _kl_and_spvr(out, eng.refs[i])
+                kl, spvr = _kl_and_spvr(out, ref_probs)
                 sums[c.id]["kl"] += kl
                 sums[c.id]["spvr"] += spvr
                 bar.update()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from .._tree import tensor_leaves
 from ..data import batch_size, split_batch
 from ..gates import Gates
 from ..graph import Candidate, FlowGraph
@@ -156,12 +157,20 @@ class Engine:
 
     @contextmanager
     def replaying(self, store: dict, paths: Sequence[str]) -> Iterator[None]:
-        """Modules ``paths`` return their recorded outputs (fresh copies) instead of running."""
+        """Modules ``paths`` return their recorded outputs instead of running.  The recordings are handed
+        out as they are (no copy per pass); one modified in place downstream (``out += identity``) is
+        restored from a pristine copy after the pass."""
         modules = dict(self.model.named_modules())
+        pristine = store.setdefault("__pristine__", {})
         for p in paths:
-            modules[p].forward = (lambda *a, _p=p, **k: _clone(store[_p]))
+            if p not in pristine:
+                pristine[p] = _clone(store[p])
+            modules[p].forward = (lambda *a, _p=p, **k: store[_p])
+        versions = {p: [t._version for t in tensor_leaves(store[p])] for p in paths}
         try:
             yield
         finally:
             for p in paths:
                 del modules[p].forward
+                if [t._version for t in tensor_leaves(store[p])] != versions[p]:
+                    store[p] = _clone(pristine[p])

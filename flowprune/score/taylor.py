@@ -5,8 +5,8 @@ reverse-over-reverse (``autograd.grad`` with ``create_graph``, then one batched 
 gradients), or forward-over-reverse with ``torch.func.jvp`` over ``torch.func.grad``.  Removing a set S
 (α_c: 1 → 0 for c ∈ S) predicts ΔL(S) ≈ −Σ_S g_c + ½ Σ_{c,c'∈S} H_cc'.  Cheaper variants: a Hutchinson
 estimate of diag(H) from a few random probes, and the Fisher matrix from per-sample gradients (for the
-distill loss, whose per-sample gradients vanish at α = 1, the true Fisher: labels sampled from the
-original model's predictions).
+distill loss, whose per-sample gradients vanish at α = 1, the true Fisher of the original predictions:
+exact over the classes of a classifier, one sampled label per token for sequences).
 """
 
 from __future__ import annotations
@@ -107,26 +107,40 @@ def fisher(eng: Engine, at: torch.Tensor | None = None, seed: int = 0) -> tuple[
         with eng.alphas(alpha), _math_sdpa():
             out = eng.run(i)
             per = eng.batch_loss(i, out, per_sample=True)  # [B]
-            sampled = _sampled_nll(out, refs[i], gen) if eng.fn.__name__ == "distill_loss" else None
+            fisher_rows = _fisher_outputs(out, refs[i], eng, i, gen) if eng.fn.__name__ == "distill_loss" else None
         eye = torch.eye(len(per), dtype=per.dtype)
         J = torch.autograd.grad(per, alpha, grad_outputs=eye, is_grads_batched=True,
-                                retain_graph=sampled is not None)[0]  # [B, C]
+                                retain_graph=fisher_rows is not None)[0]  # [B, C]
         g_sum += J.sum(0).detach()
-        if sampled is not None:
-            J = torch.autograd.grad(sampled, alpha, grad_outputs=eye, is_grads_batched=True)[0]
+        if fisher_rows is not None:
+            outs, weights = fisher_rows  # [R] scalars whose weighted gradient outer products sum to F·B
+            J = torch.autograd.grad(outs, alpha, grad_outputs=torch.eye(len(outs), dtype=outs.dtype),
+                                    is_grads_batched=True)[0] * weights.double().sqrt()[:, None]
         F_sum += (J.T @ J).detach()
     total = sum(eng.sizes)
     return g_sum / total, F_sum / total
 
 
-def _sampled_nll(out: Any, ref: Any, gen: torch.Generator) -> torch.Tensor:
+def _fisher_outputs(out: Any, ref: Any, eng: Engine, i: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scalars r and weights w with Σ w ∇r ∇rᵀ = B × the Fisher of the distill loss (the Hessian of the
+    per-sample KL at α = 1).  Classifiers with ≤ 64 classes: exact, every class log-probability weighted by
+    its original probability.  Sequences: one sampled token label per position; the per-sequence sum of
+    the sampled NLL, weighted by 1/T (cross-token terms vanish in expectation)."""
+    from .losses import _token_mask
+    from ..data import split_batch
+
     lg, lg_ref = logits_of(out), logits_of(ref)
     if lg is None or lg_ref is None:
         raise InputError("the Fisher variant of the distill loss needs logits (the model returns none)")
+    if lg.dim() == 2 and lg.shape[-1] <= 64:
+        return F.log_softmax(lg.float(), -1).flatten(), F.softmax(lg_ref.float(), -1).flatten()
     probs = F.softmax(lg_ref.float().flatten(0, -2), -1)
     y = torch.multinomial(probs, 1, generator=gen).squeeze(1)
     nll = F.cross_entropy(lg.float().flatten(0, -2), y, reduction="none").view(lg.shape[:-1])
-    return nll if nll.dim() == 1 else nll.flatten(1).mean(1)
+    if nll.dim() == 1:
+        return nll, torch.ones_like(nll)
+    mask = _token_mask(split_batch(eng.batches[i])[0], nll.flatten(1))
+    return (nll.flatten(1) * mask).sum(1), 1 / mask.sum(1).clamp_min(1)
 
 
 def predict(g: torch.Tensor, H: torch.Tensor | None, idx: list[int]) -> float:
