@@ -14,6 +14,7 @@ from .graph import Candidate, FlowGraph, trace
 from .plan import Plan
 from .report import Report
 from .rewrite import apply, apply_
+from .saving import load_pretrained, save_pretrained
 from .solve import Budget
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "Plan",
     "apply",
     "apply_",
+    "save_pretrained",
+    "load_pretrained",
     "FlowpruneError",
     "InputError",
     "PlanError",

@@ -68,9 +68,9 @@ class Plan:
     meta: dict = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_graph(cls, graph: "FlowGraph", ids: Sequence[str]) -> "Plan":
+    def from_graph(cls, graph: "FlowGraph", ids: Sequence[str], fill: str = "zeros") -> "Plan":
         cands = [graph.candidate(i) for i in dict.fromkeys(ids)]
-        eff = graph.effect([c.id for c in cands])
+        eff = graph.effect([c.id for c in cands], fill)
         return cls(
             removals=tuple(Removal(c.id, c.kind, c.path, c.params, c.flops) for c in cands),
             replacements=eff.replacements,
@@ -81,6 +81,11 @@ class Plan:
             flops_before=graph.total_flops,
             flops_removed=eff.flops,
         )
+
+    @property
+    def fills(self) -> list[Replacement]:
+        """Replacements whose values are fitted on calibration data at apply time."""
+        return [r for r in self.replacements if r.mode in ("mean", "linear")]
 
     @property
     def paths(self) -> list[str]:

@@ -89,3 +89,9 @@ def _cut(batch: Any, k: int) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(_cut(v, k) for v in batch)
     return batch
+
+
+from .text import perplexity, python_docs, python_docs_text, text_files, wikitext  # noqa: E402
+
+__all__ = ["as_batches", "split_batch", "batch_size", "wikitext", "python_docs", "python_docs_text",
+           "text_files", "perplexity"]

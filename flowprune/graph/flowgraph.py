@@ -135,15 +135,16 @@ class FlowGraph:
         close = difflib.get_close_matches(cid, [c.id for c in self.candidates()], n=3)
         raise KeyError(f"no candidate {cid!r}" + (f"; did you mean {close}?" if close else ""))
 
-    def effect(self, ids: Iterable[str]) -> Effect:
+    def effect(self, ids: Iterable[str], fill: str = "zeros") -> Effect:
         """Replacements, parameters and FLOPs saved by removing the candidates ``ids`` together."""
-        return effect(self, [self.candidate(i) for i in ids])
+        return effect(self, [self.candidate(i) for i in ids], fill)
 
-    def plan(self, ids: Iterable[str]) -> "Plan":
-        """A Plan removing the candidates ``ids`` (see ``flowprune.apply``)."""
+    def plan(self, ids: Iterable[str], fill: str = "zeros") -> "Plan":
+        """A Plan removing the candidates ``ids`` (see ``flowprune.apply``); removed branches are
+        replaced by zeros, or with ``fill="mean"``/``"linear"`` by a compensation fitted at apply time."""
         from ..plan import Plan
 
-        return Plan.from_graph(self, list(ids))
+        return Plan.from_graph(self, list(ids), fill)
 
     def summary(self) -> str:
         """A plain-text table of the candidates."""

@@ -8,6 +8,7 @@ vertices cut out and, for identity removals, the layer's input wired straight to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
@@ -17,13 +18,20 @@ if TYPE_CHECKING:
     from .flowgraph import Candidate, FlowGraph
 
 
+FILLS = ("zeros", "mean", "linear")
+
+
 @dataclass(frozen=True)
 class Replacement:
-    """One module to swap: ``mode`` is ``zeros`` (stub returning zeros), ``identity`` or ``delete``."""
+    """One module to swap: ``mode`` is ``zeros`` (stub returning zeros), ``mean``/``linear`` (a removed
+    branch with a compensation fill), ``identity`` or ``delete``.  ``out_index``: the output tensor a fill
+    applies to; ``shape``: the fill's shape (mean) or ``[in_features, out_features]`` (linear)."""
 
     path: str
     mode: str
     structure: dict | None = None
+    out_index: int = 0
+    shape: list | None = None
 
 
 @dataclass(frozen=True)
@@ -38,8 +46,38 @@ def within(path: str, root: str) -> bool:
     return root == "" or path == root or path.startswith(root + ".")
 
 
-def effect(graph: "FlowGraph", removals: Iterable["Candidate"]) -> Effect:
-    """Replacements, parameters and FLOPs saved by removing ``removals`` together."""
+def _fill_replacement(graph: "FlowGraph", c: "Candidate", fill: str) -> Replacement:
+    rec = graph.call(c.cid)
+    if fill == "zeros":
+        return Replacement(c.path, "zeros", rec.structure, c.out_index)
+    leaf = _tensor_leaf(rec.structure, c.out_index)
+    if fill == "mean":  # one value per fixed dim, broadcast over batch/sequence dims
+        return Replacement(c.path, "mean", rec.structure, c.out_index, [1 if isinstance(d, str) else d for d in leaf["shape"]])
+    # sizes: a dim bound to the input ("in:d") has the input's size
+    sizes = [rec.in_shape[int(d[3:])] if isinstance(d, str) else d for d in leaf["shape"]] if rec.in_shape else []
+    if not sizes or len(sizes) != len(rec.in_shape) or list(rec.in_shape[:-1]) != sizes[:-1]:
+        raise ValueError(f"fill='linear' maps features on the last dim; {c.id} maps {rec.in_shape} to {sizes}")
+    return Replacement(c.path, "linear", rec.structure, c.out_index, [int(rec.in_shape[-1]), int(sizes[-1])])
+
+
+def _tensor_leaf(structure: dict, index: int) -> dict:
+    leaves: list[dict] = []
+
+    def walk(s: dict) -> None:
+        if s["t"] in ("tensor", "input"):
+            leaves.append(s)
+        for v in (s.get("items") or []) if s["t"] in ("tuple", "list") else (s.get("items") or {}).values():
+            walk(v)
+
+    walk(structure)
+    return leaves[index]
+
+
+def effect(graph: "FlowGraph", removals: Iterable["Candidate"], fill: str = "zeros") -> Effect:
+    """Replacements, parameters and FLOPs saved by removing ``removals`` together; removed branches get
+    the compensation ``fill`` (a linear fill keeps the branch input alive and costs its own parameters)."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     layers = [c for c in removals if c.kind == "layer"]
     chosen = [c for c in removals if not any(within(c.path, l.path) and c.path != l.path for l in layers)]
     reps: list[Replacement] = []
@@ -48,11 +86,11 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"]) -> Effect:
             reps.append(Replacement(c.path, "delete" if c.deletable else "identity",
                                     None if c.deletable else graph.call(c.cid).identity_structure))
         else:
-            reps.append(Replacement(c.path, "zeros", graph.call(c.cid).structure))
+            reps.append(_fill_replacement(graph, c, fill))
     removed_paths = [r.path for r in reps]
     G = graph.nx
-    zero_paths = [r.path for r in reps if r.mode == "zeros"]
-    layer_paths = [r.path for r in reps if r.mode != "zeros"]
+    zero_paths = [r.path for r in reps if r.mode in ("zeros", "mean")]
+    layer_paths = [r.path for r in reps if r.mode not in ("zeros", "mean")]  # pass their input on
     # A removed layer still passes its input on: contract its vertices into one node (conservative:
     # its side inputs stay live).  A zero stub passes nothing: its vertices go.
     merge_into = {}
@@ -72,7 +110,11 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"]) -> Effect:
     dead_paths = _dead_modules(graph, live, live0, removed_paths)
     reps += [Replacement(p, "zeros", graph.calls_of(p)[0].structure) for p in dead_paths]
     all_paths = [r.path for r in reps]
-    return Effect(tuple(reps), graph.params_within(all_paths), sum(graph.flops_of(p) for p in all_paths))
+    added = sum(r.shape[0] * r.shape[1] + r.shape[1] for r in reps if r.mode == "linear")
+    added_flops = sum(2 * r.shape[0] * r.shape[1] * math.prod(graph.calls_of(r.path)[0].in_shape[:-1])
+                      for r in reps if r.mode == "linear")
+    return Effect(tuple(reps), graph.params_within(all_paths) - added,
+                  sum(graph.flops_of(p) for p in all_paths) - added_flops)
 
 
 def _dead_modules(graph: "FlowGraph", live: set, live0: set, removed: list[str]) -> list[str]:

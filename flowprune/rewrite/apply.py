@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import copy
 import difflib
+from typing import Any
 
+import torch
 from torch import nn
 
 from ..adapters import num_layers, renumber, sync_config
 from ..errors import PlanError
+from ..data import as_batches
+from ..graph.removal import Replacement
 from ..plan import Plan, fingerprint
+from .fill import fit_fills
 from .stubs import Removed
 
 
@@ -22,11 +27,19 @@ def _resolve(model: nn.Module, path: str, modules: dict[str, nn.Module]) -> tupl
     return modules[parent], name
 
 
-def apply_(model: nn.Module, plan: Plan, check: bool = True) -> nn.Module:
+def _check_data(plan: Plan, data: Any) -> None:
+    if plan.fills and data is None:
+        raise PlanError(f"the plan compensates removed branches with fill='{plan.fills[0].mode}', fitted on "
+                        f"calibration data: pass data=batches (the batches given to analyze)")
+
+
+def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -> nn.Module:
     """Rewrite ``model`` in place so that the plan's removals are physically gone; returns ``model``.
 
-    ``check=False`` skips the fingerprint check (for a model whose state_dict names were changed on
-    purpose).  Raises PlanError for a plan made for another model or naming a missing module.
+    ``data``: calibration batches, needed when the plan has ``mean``/``linear`` compensation fills
+    (fitted on the model before it is rewritten).  ``check=False`` skips the fingerprint check (for a
+    model whose state_dict names were changed on purpose).  Raises PlanError for a plan made for another
+    model or naming a missing module.
     """
     if check and fingerprint(model) != plan.fingerprint:
         n = sum(p.numel() for p in model.parameters())
@@ -36,6 +49,10 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True) -> nn.Module:
                         f"check=False if only parameter names changed.")
     modules = dict(model.named_modules())
     targets = [(r, *_resolve(model, r.path, modules)) for r in plan.replacements]  # validate all first
+    _check_data(plan, data)
+    fitted = fit_fills(model, plan, as_batches(data)) if plan.fills else {}
+    if "flowprune_base_config" not in vars(model) and hasattr(getattr(model, "config", None), "to_dict"):
+        model.flowprune_base_config = model.config.to_dict()  # what load_pretrained rebuilds from
     deletions: dict[str, list[int]] = {}
     for rep, parent, name in targets:
         if rep.mode == "delete":
@@ -43,7 +60,7 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True) -> nn.Module:
                 raise PlanError(f"cannot delete '{rep.path}': its parent is not a layer list")
             deletions.setdefault(rep.path.rpartition(".")[0], []).append(int(name))
         else:
-            setattr(parent, name, Removed(rep.structure, type(getattr(parent, name)).__name__))
+            setattr(parent, name, make_stub(rep, getattr(parent, name), fitted.get(rep.path)))
     for stack_path, idx in deletions.items():
         stack = modules[stack_path]
         old_len = len(stack)
@@ -56,9 +73,34 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True) -> nn.Module:
     return model
 
 
-def apply(model: nn.Module, plan: Plan, check: bool = True) -> nn.Module:
+def make_stub(rep: Replacement, original: nn.Module | None, fitted: dict | None = None) -> Removed:
+    """The module standing in for ``rep.path`` (``fitted`` fill values, if any, loaded into it)."""
+    structure = rep.structure
+    fill = "zeros" if rep.mode == "identity" else rep.mode
+    layer_idx = getattr(original, "layer_idx", None)
+    stub = Removed(structure, type(original).__name__ if original is not None else "", fill, rep.out_index,
+                   layer_idx if isinstance(layer_idx, int) else None,
+                   fill_shape=rep.shape if fill == "mean" else None,
+                   linear=tuple(rep.shape) if fill == "linear" else None)
+    if original is not None:
+        p = next(original.parameters(), None)
+        if p is not None:
+            stub.to(device=p.device, dtype=p.dtype if fill == "linear" else None)
+    if fitted:
+        with torch.no_grad():
+            if fill == "mean":
+                stub.fill.copy_(fitted["fill"])
+            else:
+                stub.linear.weight.copy_(fitted["weight"])
+                stub.linear.bias.copy_(fitted["bias"])
+    return stub
+
+
+def apply(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -> nn.Module:
     """A pruned copy of ``model``; the argument is left untouched.
 
     >>> small = flowprune.apply(model, graph.plan(["model.layers.2:layer"]))
+    >>> small = flowprune.apply(model, graph.plan(ids, fill="mean"), data=batches)
     """
-    return apply_(copy.deepcopy(model), plan, check=check)
+    _check_data(plan, data)  # before copying a possibly large model
+    return apply_(copy.deepcopy(model), plan, check=check, data=data)

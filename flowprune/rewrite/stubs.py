@@ -1,4 +1,5 @@
-"""Parameter-free modules that stand where removed modules were."""
+"""Parameter-free modules that stand where removed modules were (or, with a compensation fill, a
+constant or a small linear map fitted on calibration activations)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,59 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._tree import decode, first_tensor
+from .._tree import decode, first_tensor, replace_tensor_leaf
+
+
+def _kv_cache(kwargs: dict) -> Any:
+    for v in kwargs.values():
+        if hasattr(v, "update") and hasattr(v, "get_seq_length"):
+            return v
+    return None
 
 
 class Removed(nn.Module):
     """Returns zeros (a removed branch or dead module) or its input (a removed layer), in the output
     structure the original module had, e.g. ``(zeros[B, T, D], None)`` for an HF attention module.
 
+    ``fill="mean"`` adds the branch's mean output (buffer ``fill``); ``fill="linear"`` returns
+    ``linear(x)`` for the gated output, a least-squares map from the module's input.  A stub for a
+    module that had a ``layer_idx`` (HF attention) still appends an empty entry to the KV cache, so the
+    cache's length stays right during ``generate``.
+
     >>> stub = Removed({"t": "tensor", "shape": ["in:0", "in:1", 32], "dtype": "float32"}, "LlamaMLP")
     >>> stub(torch.ones(2, 5, 32)).shape
     torch.Size([2, 5, 32])
     """
 
-    def __init__(self, structure: dict, original: str = ""):
+    def __init__(self, structure: dict, original: str = "", fill: str = "zeros", out_index: int = 0,
+                 layer_idx: int | None = None, fill_shape: list[int] | None = None,
+                 linear: tuple[int, int] | None = None):
         super().__init__()
         self.structure = structure
         self.original = original
+        self.mode = fill
+        self.out_index = out_index
+        if layer_idx is not None:
+            self.layer_idx = layer_idx
         # [0]: follows .to(device, dtype) so that a stub without tensor inputs still knows both
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
+        if fill == "mean":
+            self.register_buffer("fill", torch.zeros(fill_shape or [1]))
+        if fill == "linear":
+            self.linear = nn.Linear(*linear)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return decode(self.structure, first_tensor(args, kwargs), self.anchor)
+        x = first_tensor(args, kwargs)
+        out = decode(self.structure, x, self.anchor)
+        if self.mode == "mean":
+            out = replace_tensor_leaf(out, self.out_index, lambda z: z + self.fill.to(z.dtype))
+        elif self.mode == "linear":
+            out = replace_tensor_leaf(out, self.out_index, lambda z: self.linear(x.to(self.linear.weight.dtype)).to(z.dtype))
+        cache = _kv_cache(kwargs)
+        if cache is not None and getattr(self, "layer_idx", None) is not None and x is not None:
+            empty = x.new_zeros(x.shape[0], 1, x.shape[1], 0)  # [B, heads=1, T, head_dim=0]
+            cache.update(empty, empty, self.layer_idx)
+        return out
 
     def extra_repr(self) -> str:
-        return f"was {self.original}" if self.original else ""
+        return (f"was {self.original}" if self.original else "") + (f", fill={self.mode}" if self.mode != "zeros" else "")
