@@ -57,7 +57,8 @@ def resnet():
 
 
 def _time(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
+    if repeats > 1:
+        fn()  # warm-up (the expensive stages run once, after the cheap ones have warmed up)
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -13,7 +13,6 @@ from ._version import __version__
 from .data import as_batches, split_batch
 from .errors import InputError
 from .graph import trace
-from .graph.trace import call_model, eval_mode
 from .plan import fingerprint
 from .report import Report, agreement
 from .rewrite import apply
@@ -111,11 +110,12 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
 
 
 def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, criterion: str = "loss",
-          strategy: str = "greedy", loss: LossSpec = "distill", num_samples: int | None = None,
-          progress: bool = True) -> tuple[nn.Module, Report]:
-    """Analyze, plan under ``budget`` and rewrite: returns (pruned copy of ``model``, report).  The
-    report's last plan holds the predicted and measured ΔL, and ``measured_rewritten``: the loss change
-    of the returned model itself.
+          strategy: str = "greedy", loss: LossSpec = "distill", fill: str = "zeros", kind: str = "all",
+          num_samples: int | None = None, progress: bool = True) -> tuple[nn.Module, Report]:
+    """Analyze, plan under ``budget`` and rewrite: returns (pruned copy of ``model``, report).
+    ``fill``: what replaces removed branches ("zeros", "mean", "linear": fitted on ``data``); ``kind``:
+    "all", "branch" (sublayers only) or "layer".  The report's last plan holds the predicted and measured
+    ΔL, and ``measured_rewritten``: the loss change of the returned model itself.
 
     >>> small, report = flowprune.prune(model, batches, Budget(count=2))
     """
@@ -124,10 +124,9 @@ def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, c
     if strategy == "quadratic" and not ({"taylor2", "fisher"} & set(needs)):
         needs = needs + ["taylor2"]
     report = analyze(model, data, loss=loss, criteria=tuple(needs), num_samples=num_samples, progress=progress)
-    plan = report.plan(budget, criterion=criterion, strategy=strategy)
-    pruned = apply(model, plan)
-    eng = report._engine
-    with torch.no_grad(), eval_mode(pruned):
-        losses = [eng.batch_loss(i, call_model(pruned, eng.inputs(i))) for i in range(len(eng.batches))]
-    report.plans[-1]["measured_rewritten"] = eng.mean(losses) - report.base_loss
+    if kind != "all":
+        report.restrict(kind)
+    plan = report.plan(budget, criterion=criterion, strategy=strategy, fill=fill)
+    pruned = apply(model, plan, data=report._engine.batches)
+    report.plans[-1]["measured_rewritten"] = report.measure_model(pruned)
     return pruned, report

@@ -1,10 +1,13 @@
 """The ``flowprune`` command.
 
-    flowprune analyze                      # trace the built-in tiny Llama and list its candidates
-    flowprune analyze --model resnet_basic --json
-    flowprune analyze --model llama --remove 2 --out out/   # also apply a plan, write plan.json
+    flowprune prune                       # the shipped tiny LM on CPython's docs: rank, plan, prune, save
+    flowprune prune --model DIR_OR_HUB_ID --data wikitext2 --budget 0.25 --criterion loss \\
+                    --strategy greedy --fill mean --out pruned/
+    flowprune analyze --model zoo:resnet_basic --json
+    flowprune report out/report.json --md report.md
+    flowprune zoo
 
-Exit codes: 0 success, 2 bad input (one line on stderr naming the cause), 1 unexpected error.
+Exit codes: 0 success; 2 bad input (one line on stderr naming the cause and the fix); 1 unexpected error.
 """
 
 from __future__ import annotations
@@ -14,72 +17,205 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ._version import __version__
-from .errors import FlowpruneError
+from .errors import FlowpruneError, InputError
+
+CRITERIA = ("loss", "taylor2", "taylor2_diag", "taylor1", "fisher", "flow", "energy", "proximity", "llmdrop",
+            "angular", "shortgpt", "kl", "spvr", "magnitude", "random")
+
+
+def default_model() -> Path:
+    """The tiny Llama trained on CPython's docs that ships with flowprune (``data/tiny-llama-pydocs``)."""
+    from importlib.resources import files
+
+    return Path(str(files("flowprune._assets") / "tiny-llama-pydocs"))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="a directory written by save_pretrained, a Hugging Face hub id, or zoo:NAME "
+                        "(default: the shipped tiny LM)")
+    p.add_argument("--data", default="python-docs",
+                   help="python-docs (CPython's documentation, offline), wikitext2 (needs the hub), or "
+                        "text:PATH (a UTF-8 file); default python-docs")
+    p.add_argument("--loss", default="distill", choices=("distill", "lm"), help="calibration loss (default distill)")
+    p.add_argument("--num-samples", type=int, default=32, help="calibration sequences (default 32)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--out", type=Path, default=Path("flowprune-out"), help="output directory (default flowprune-out)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flowprune", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="flowprune", description="Trace, score and prune neural networks without fine-tuning.",
+                                epilog="Exit codes: 0 success, 2 bad input, 1 unexpected error.")
     p.add_argument("--version", action="version", version=f"flowprune {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("analyze", help="trace a model, list its removable branches and layers")
-    a.add_argument("--model", default="llama",
-                   help="a built-in example model (see `flowprune zoo`); default: llama (4-layer, random weights)")
-    a.add_argument("--remove", type=int, default=0, metavar="K",
-                   help="also remove the last K layer candidates and report the smaller model (default 0)")
-    a.add_argument("--out", type=Path, default=None, help="directory for plan.json (written atomically)")
-    a.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
-    sub.add_parser("zoo", help="list the built-in example models")
+    pr = sub.add_parser("prune", help="score, plan, rewrite and save a smaller model")
+    _common(pr)
+    pr.add_argument("--budget", type=float, default=0.25,
+                    help="how much to remove, in --unit (default 0.25 of the parameters)")
+    pr.add_argument("--unit", default="params", choices=("params", "flops", "count", "loss"),
+                    help="params/flops: fraction to remove; count: number of removals; loss: max loss increase")
+    pr.add_argument("--criterion", default="loss", choices=CRITERIA, help="ranking criterion (default loss)")
+    pr.add_argument("--strategy", default="greedy", choices=("one_shot", "greedy", "quadratic"), help="default greedy")
+    pr.add_argument("--fill", default="zeros", choices=("zeros", "mean", "linear"),
+                    help="what replaces a removed branch (default zeros)")
+    pr.add_argument("--kind", default="all", choices=("all", "branch", "layer"),
+                    help="remove only sublayers (branch), only whole layers, or both (default all)")
+    an = sub.add_parser("analyze", help="score every candidate; write report.json and report.md")
+    _common(an)
+    an.add_argument("--criteria", default="flow,loss,taylor2", help="comma-separated (default flow,loss,taylor2)")
+    rp = sub.add_parser("report", help="render a report.json as Markdown")
+    rp.add_argument("report", type=Path)
+    rp.add_argument("--md", type=Path, default=None, help="write Markdown here (default: print it)")
+    sub.add_parser("zoo", help="list the built-in example models (use as --model zoo:NAME)")
     return p
 
 
-def _analyze(args: argparse.Namespace) -> int:
-    import torch
+def _load(args: argparse.Namespace) -> tuple[Any, Any, list, list | None, str]:
+    """(model, tokenizer, calibration batches, held-out batches or None, description)."""
+    import os
 
-    from . import apply, trace
-    from ._tree import tensor_leaves
-    from .graph.trace import call_model
-    from .zoo import ZOO
+    from . import data as fdata
+    from .saving import load_pretrained
 
-    if args.model not in ZOO:
-        raise FlowpruneError(f"unknown model {args.model!r}; choose one of: {', '.join(ZOO)}")
-    entry = ZOO[args.model]
-    model, inputs = entry.build(), entry.inputs()
+    if args.model and args.model.startswith("zoo:"):
+        from .zoo import ZOO
+
+        name = args.model[4:]
+        if name not in ZOO:
+            raise InputError(f"unknown zoo model {name!r}; choose one of: {', '.join(ZOO)}")
+        e = ZOO[name]
+        return e.build(), None, [e.inputs()], None, f"zoo:{name} ({e.note})"
+    if args.data.startswith("text:") and not Path(args.data[5:]).is_file():
+        raise InputError(f"text file {args.data[5:]!r} does not exist: pass --data text:PATH with a UTF-8 file")
+    if args.data not in ("python-docs", "wikitext2") and not args.data.startswith("text:"):
+        raise InputError(f"--data {args.data!r}: use python-docs, wikitext2 or text:PATH")
+    src = args.model or str(default_model())
+    try:
+        from transformers import AutoTokenizer
+
+        model = load_pretrained(src) if os.path.isdir(src) else _hub(src)
+        tok = AutoTokenizer.from_pretrained(src)
+    except FlowpruneError:
+        raise
+    except Exception as e:
+        raise InputError(f"could not load model {src!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                         f"offline, pass a local directory or omit --model for the shipped tiny LM") from e
+    kw = dict(seq_len=args.seq_len, num_samples=args.num_samples)
+    if args.data == "python-docs":
+        calib, held = fdata.python_docs(tok, "train", **kw), fdata.python_docs(tok, "test", **kw)
+    elif args.data == "wikitext2":
+        calib, held = fdata.wikitext(tok, "train", **kw), fdata.wikitext(tok, "test", **kw)
+    else:
+        calib = fdata.text_files([args.data[5:]], tok, "train", **kw)
+        held = fdata.text_files([args.data[5:]], tok, "test", **kw)
+    return model.eval(), tok, calib, held, src
+
+
+def _hub(model_id: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_id)
+
+
+def _table(report, n: int = 40) -> str:
+    crit = [c for c in ("loss", "taylor2", "flow", "shortgpt", "llmdrop", "magnitude") if c in report.criteria]
+    rows = sorted(report.candidates, key=lambda r: r["rank"])[:n]
+    head = f"{'rank':>4}  {'candidate':<40} {'params':>9} " + " ".join(f"{c:>10}" for c in crit)
+    return "\n".join([head] + [f"{r['rank']:>4}  {r['id']:<40} {r['params']:>9,} "
+                               + " ".join(f"{r[c]:>10.4g}" for c in crit) for r in rows])
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from . import analyze, apply
+    from .data import perplexity
+    from .plan import write_atomic
+    from .saving import save_pretrained
+    from .solve import Budget
+
     t0 = time.perf_counter()
-    graph = trace(model, inputs)
-    seconds = time.perf_counter() - t0
-    cands = graph.candidates()
-    result = {"model": args.model, "vertices": graph.nx.number_of_nodes(), "edges": graph.nx.number_of_edges(),
-              "params": graph.total_params, "flops": graph.total_flops, "trace_seconds": round(seconds, 4),
-              "candidates": [{"id": c.id, "kind": c.kind, "params": c.params, "flops": c.flops} for c in cands]}
-    plan = None
-    if args.remove:
-        layers = [c.id for c in cands if c.kind == "layer"]
-        if args.remove > len(layers):
-            raise FlowpruneError(f"--remove {args.remove}: the model has only {len(layers)} layer candidates")
-        plan = graph.plan(layers[-args.remove:])
-        small = apply(model, plan)
-        with torch.no_grad():
-            a, b = (tensor_leaves(call_model(m, inputs))[0] for m in (model, small))
-        result["plan"] = json.loads(plan.to_json())
-        result["params_after"] = sum(p.numel() for p in small.parameters())
-        result["output_change"] = float((a - b).norm() / a.norm().clamp_min(1e-12))
-        if args.out:
-            plan.to_json(args.out / "plan.json")
+    model, tok, calib, held, src = _load(args)
+    needs = {"loss": ("loss",), "taylor2": ("taylor2",), "taylor2_diag": ("taylor2_diag",), "taylor1": ("taylor1",),
+             "fisher": ("fisher",), "kl": ("loss",), "spvr": ("loss",)}.get(args.criterion, ("flow",))
+    if args.strategy == "quadratic" and "taylor2" not in needs:
+        needs = needs + ("taylor2",)
+    budget = Budget(**{"params": {"params": args.budget}, "flops": {"flops": args.budget},
+                       "count": {"count": int(args.budget)}, "loss": {"max_loss_increase": args.budget}}[args.unit])
+    report = analyze(model, calib, loss=args.loss, criteria=needs, progress=not args.no_progress)
+    if args.kind != "all":
+        report.restrict(args.kind)
+    plan = report.plan(budget, criterion=args.criterion, strategy=args.strategy, fill=args.fill)
+    small = apply(model, plan, data=calib)
+    report.plans[-1]["measured_rewritten"] = report.measure_model(small)
+    out: dict[str, Any] = {"model": src, "plan": json.loads(plan.to_json()), "last": report.plans[-1],
+                           "params_before": sum(p.numel() for p in model.parameters()),
+                           "params_after": sum(p.numel() for p in small.parameters())}
+    if held is not None:
+        out["heldout_ppl_before"] = perplexity(model, held)
+        out["heldout_ppl_after"] = perplexity(small, held)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if hasattr(small, "save_pretrained"):
+        save_pretrained(small, args.out / "model", tokenizer=tok)
+    plan.to_json(args.out / "plan.json")
+    report.to_json(args.out / "report.json")
+    write_atomic(args.out / "report.md", report.to_markdown())
+    out["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(json.dumps(out, indent=1))
         return 0
-    print(f"{args.model}: {entry.note}")
-    print(f"{result['vertices']} vertices, {result['edges']} edges, {result['params']:,} params, "
-          f"{result['flops'] / 1e6:.2f} MFLOPs per forward on the example; traced in {seconds * 1e3:.0f} ms")
-    print(graph.summary())
-    if plan is not None:
-        print(plan)
-        print(f"params {result['params']:,} -> {result['params_after']:,}; "
-              f"relative change of the output: {result['output_change']:.3f}")
-        if args.out:
-            print(f"wrote {args.out / 'plan.json'}")
+    print(f"model: {src}\ncalibration: {args.data}, {sum(len(b['input_ids']) if isinstance(b, dict) else 1 for b in calib)}"
+          f" samples; loss {args.loss}\n\nCandidates, least important first (criterion columns: higher = keep):")
+    print(_table(report))
+    print(f"\n{plan}")
+    last = report.plans[-1]
+    print(f"\nparams {out['params_before']:,} -> {out['params_after']:,} "
+          f"(-{1 - out['params_after'] / out['params_before']:.1%}); calibration loss change: "
+          f"predicted {last['predicted'] if last['predicted'] is None else round(last['predicted'], 4)}, "
+          f"measured {last['measured']:.4f} (gated), {last['measured_rewritten']:.4f} (rewritten, fill={args.fill})")
+    if held is not None:
+        print(f"held-out perplexity {out['heldout_ppl_before']:.3f} -> {out['heldout_ppl_after']:.3f}")
+    print(f"wrote {args.out}/model, plan.json, report.json, report.md in {out['seconds']} s")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from . import analyze
+    from .plan import write_atomic
+
+    model, _, calib, _, src = _load(args)
+    criteria = tuple(c.strip() for c in args.criteria.split(",") if c.strip())
+    report = analyze(model, calib, loss=args.loss, criteria=criteria, progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.to_json(args.out / "report.json")
+    write_atomic(args.out / "report.md", report.to_markdown())
+    if args.json:
+        print(report.to_json())
+        return 0
+    print(f"model: {src}\n")
+    print(_table(report))
+    if report.fidelity:
+        print("\nagreement with the exact loss change (Spearman): "
+              + ", ".join(f"{k} {v['spearman']:.2f}" for k, v in report.fidelity.items()))
+    print(f"\nwrote {args.out}/report.json and report.md")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .plan import write_atomic
+    from .report import Report
+
+    if not args.report.is_file():
+        raise InputError(f"{args.report} does not exist: pass the report.json written by analyze or prune")
+    md = Report.from_json(args.report).to_markdown()
+    if args.md:
+        write_atomic(args.md, md)
+        print(f"wrote {args.md}")
+    else:
+        print(md)
     return 0
 
 
@@ -90,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             from .zoo import ZOO
 
             for name, e in ZOO.items():
-                print(f"{name:<18} {e.family:<8} {e.note}")
+                print(f"zoo:{name:<18} {e.family:<8} {e.note}")
             return 0
-        return _analyze(args)
+        return {"prune": _prune, "analyze": _analyze, "report": _report}[args.command](args)
     except FlowpruneError as e:
         print(f"flowprune: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,22 @@ from .graph.removal import Replacement
 from .plan import Plan
 
 META = "flowprune.json"
+
+
+@contextmanager
+def _quiet_transformers():
+    """No progress bars or load reports from transformers (stubbed weights are absent on purpose)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
@@ -40,7 +57,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: A
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with _quiet_transformers():
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         plans: list[Plan] = list(getattr(model, "flowprune_plans", []))
@@ -88,12 +106,8 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
     cls = getattr(transformers, archs[0], None) if archs else None
     if cls is None:
         raise PlanError(f"{directory}/config.json names no known architecture ({archs}): load it with its model class")
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # stubbed modules' weights are absent on purpose
-    try:
+    with _quiet_transformers():
         model = cls.from_pretrained(directory, **kwargs)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
     meta_path = directory / META
     if not meta_path.exists():
         return model.eval()

@@ -1,28 +1,51 @@
-"""The flowprune command: JSON output, plan file, and one-line errors with exit code 2."""
+"""The flowprune command on the shipped tiny LM and the zoo: outputs, JSON, and one-line errors."""
 
 import json
 
+import pytest
+import torch
+
 import flowprune
-from flowprune.cli import main
+from flowprune.cli import default_model, main
 
 
-def test_analyze_json(capsys):
-    assert main(["analyze", "--model", "llama", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    kinds = [c["kind"] for c in out["candidates"]]
-    assert kinds.count("branch") == 8 and kinds.count("layer") == 4 and out["params"] == 45_344
+def test_shipped_model_is_there():
+    d = default_model()
+    assert (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file()
 
 
-def test_analyze_remove_writes_plan(tmp_path, capsys):
-    assert main(["analyze", "--model", "mlp_skip", "--remove", "1", "--out", str(tmp_path)]) == 0
-    plan = flowprune.Plan.from_json(tmp_path / "plan.json")
-    assert [r.id for r in plan.removals] == ["blocks.2:layer"]
-    assert "params 13,642 -> " in capsys.readouterr().out
+def test_prune_writes_a_loadable_smaller_model(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["prune", "--num-samples", "8", "--seq-len", "64", "--budget", "2", "--unit", "count",
+               "--fill", "mean", "--out", str(out), "--json", "--no-progress"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["params_after"] < res["params_before"] and res["heldout_ppl_after"] > 0
+    for f in ("plan.json", "report.json", "report.md", "model/config.json", "model/tokenizer.json"):
+        assert (out / f).is_file(), f
+    small = flowprune.load_pretrained(out / "model")
+    assert sum(p.numel() for p in small.parameters()) == res["params_after"]
+    assert len(flowprune.Plan.from_json(out / "plan.json").removals) == 2
 
 
-def test_bad_input_is_one_line_and_exit_2(capsys):
-    assert main(["analyze", "--model", "nope"]) == 2
+def test_analyze_zoo_json_and_report(tmp_path, capsys):
+    assert main(["analyze", "--model", "zoo:llama", "--criteria", "flow,loss", "--out", str(tmp_path),
+                 "--json", "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    kinds = [c["kind"] for c in rep["candidates"]]
+    assert kinds.count("branch") == 8 and kinds.count("layer") == 4
+    assert main(["report", str(tmp_path / "report.json"), "--md", str(tmp_path / "r.md")]) == 0
+    assert "| rank | id |" in (tmp_path / "r.md").read_text()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["analyze", "--model", "zoo:nope"], "unknown zoo model 'nope'"),
+    (["prune", "--model", "/no/such/dir"], "could not load model '/no/such/dir'"),
+    (["prune", "--data", "text:/no/such.txt"], "does not exist"),
+    (["prune", "--data", "wikitext2"], "python-docs"),
+    (["report", "/no/report.json"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, match, capsys):
+    assert main(argv + (["--no-progress"] if argv[0] != "report" else [])) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("flowprune: error: unknown model 'nope'") and "\n" not in err
-    assert main(["analyze", "--model", "mlp_skip", "--remove", "9"]) == 2
-    assert "only 3 layer candidates" in capsys.readouterr().err
+    assert err.startswith("flowprune: error: ") and match in err and "\n" not in err

@@ -51,10 +51,12 @@ def _fill_replacement(graph: "FlowGraph", c: "Candidate", fill: str) -> Replacem
     if fill == "zeros":
         return Replacement(c.path, "zeros", rec.structure, c.out_index)
     leaf = _tensor_leaf(rec.structure, c.out_index)
-    if fill == "mean":  # one value per fixed dim, broadcast over batch/sequence dims
-        return Replacement(c.path, "mean", rec.structure, c.out_index, [1 if isinstance(d, str) else d for d in leaf["shape"]])
     # sizes: a dim bound to the input ("in:d") has the input's size
     sizes = [rec.in_shape[int(d[3:])] if isinstance(d, str) else d for d in leaf["shape"]] if rec.in_shape else []
+    if fill == "mean":  # one value per feature (last dim; channels for [B, C, H, W]), averaged over the rest
+        feat = 1 if len(sizes) >= 4 else len(sizes) - 1
+        return Replacement(c.path, "mean", rec.structure, c.out_index,
+                           [int(n) if d == feat else 1 for d, n in enumerate(sizes)])
     if not sizes or len(sizes) != len(rec.in_shape) or list(rec.in_shape[:-1]) != sizes[:-1]:
         raise ValueError(f"fill='linear' maps features on the last dim; {c.id} maps {rec.in_shape} to {sizes}")
     return Replacement(c.path, "linear", rec.structure, c.out_index, [int(rec.in_shape[-1]), int(sizes[-1])])

@@ -117,9 +117,35 @@ class Report:
         return self._engine
 
     # -- plans ----------------------------------------------------------------------------------------
-    def plan(self, budget: Budget | float | int | dict, criterion: str = "loss", strategy: str = "one_shot") -> Plan:
-        """Choose removals under ``budget`` and return the Plan; the choice, its predicted and its
-        measured ΔL are appended to ``report.plans``."""
+    def restrict(self, kind: str) -> "Report":
+        """Keep only ``kind`` ("branch" or "layer") candidates for planning (rows, g and H alike); in place."""
+        keep = [k for k, r in enumerate(self.candidates) if r["kind"] == kind]
+        if not keep:
+            raise InputError(f"this report has no {kind!r} candidates")
+        d = self.data
+        d["candidates"] = [d["candidates"][k] for k in keep]
+        if d.get("g") is not None:
+            d["g"] = [d["g"][k] for k in keep]
+        if d.get("H") is not None:
+            d["H"] = [[d["H"][i][j] for j in keep] for i in keep]
+        d["fidelity"] = agreement(d["candidates"], d["criteria"])
+        return self
+
+    def measure_model(self, model: Any) -> float:
+        """Loss change of ``model`` (e.g. the rewritten one) against the analysed model, on the calibration data."""
+        from ..graph.trace import call_model, eval_mode
+
+        eng = self._live()
+        eng.references()
+        with torch.no_grad(), eval_mode(model):
+            losses = [eng.batch_loss(i, call_model(model, eng.inputs(i))) for i in range(len(eng.batches))]
+        return eng.mean(losses) - self.base_loss
+
+    def plan(self, budget: Budget | float | int | dict, criterion: str = "loss", strategy: str = "one_shot",
+             fill: str = "zeros") -> Plan:
+        """Choose removals under ``budget`` and return the Plan (removed branches replaced by ``fill``);
+        the choice, its predicted and its measured ΔL (with zero fill, through the gates) are appended
+        to ``report.plans``."""
         from ..score.ablation import ablate
 
         budget = Budget.parse(budget)
@@ -153,8 +179,8 @@ class Report:
             predicted = self.predict(ids)
         if strategy == "greedy":
             predicted = measured  # greedy's choice is scored exactly
-        plan = graph.plan(ids)
-        self.plans.append({"criterion": criterion, "strategy": strategy, "budget": asdict(budget), "removals": ids,
+        plan = graph.plan(ids, fill)
+        self.plans.append({"criterion": criterion, "strategy": strategy, "fill": fill, "budget": asdict(budget), "removals": ids,
                            "params_removed": plan.params_removed, "flops_removed": plan.flops_removed,
                            "predicted": predicted, "measured": measured})
         return plan

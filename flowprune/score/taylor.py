@@ -33,12 +33,17 @@ def _math_sdpa():
         return nullcontext()
 
 
-def _hvp_rows(g: torch.Tensor, alpha: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """Rows vᵀH for each row v of ``vectors`` [K, C], from the gradient ``g`` built with create_graph."""
-    try:
-        return torch.autograd.grad(g, alpha, grad_outputs=vectors, is_grads_batched=True, retain_graph=True)[0]
-    except RuntimeError:  # an op without a batching rule: one backward per vector
-        return torch.stack([torch.autograd.grad(g, alpha, grad_outputs=v, retain_graph=True)[0] for v in vectors])
+def _hvp_rows(g: torch.Tensor, alpha: torch.Tensor, vectors: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Rows vᵀH for each row v of ``vectors`` [K, C], from the gradient ``g`` built with create_graph:
+    batched backwards of ``chunk`` vectors at a time (memory grows with the chunk)."""
+    rows = []
+    for i in range(0, len(vectors), chunk):
+        v = vectors[i:i + chunk]
+        try:
+            rows.append(torch.autograd.grad(g, alpha, grad_outputs=v, is_grads_batched=True, retain_graph=True)[0])
+        except RuntimeError:  # an op without a batching rule: one backward per vector
+            rows.append(torch.stack([torch.autograd.grad(g, alpha, grad_outputs=u, retain_graph=True)[0] for u in v]))
+    return torch.cat(rows)
 
 
 def gradient_and_hessian(eng: Engine, hessian: str = "full", method: str = "autograd", probes: int = 16,
