@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from ._version import __version__
@@ -21,6 +21,18 @@ from .score.losses import LossSpec
 from .solve import Budget
 
 CRITERIA = ("flow", "loss", "taylor1", "taylor2", "taylor2_diag", "fisher")
+# which analysis computes each ranking column
+SOURCE = {"loss": "loss", "kl": "loss", "spvr": "loss", "taylor1": "taylor1", "taylor2": "taylor2",
+          "taylor2_diag": "taylor2_diag", "fisher": "fisher", "flow": "flow", "energy": "flow",
+          "proximity": "flow", "llmdrop": "flow", "angular": "flow", "shortgpt": "flow"}
+
+
+def criteria_for(criterion: str, strategy: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The ``analyze`` criteria a plan by ``criterion`` and ``strategy`` needs (plus ``extra``)."""
+    needs = list(extra) + ([SOURCE[criterion]] if criterion in SOURCE else [])
+    if strategy == "quadratic" and not {"taylor2", "fisher"} & set(needs):
+        needs.append("taylor2")
+    return tuple(dict.fromkeys(needs)) or ("flow",)
 
 
 def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
@@ -47,6 +59,9 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
 
     batches = as_batches(data, num_samples)
     x = example_inputs if example_inputs is not None else split_batch(batches[0])[0]
+    extra = Engine.extra_kwargs(model)
+    if isinstance(x, Mapping):  # trace the forward that will be scored (e.g. without a KV cache)
+        x = {**extra, **x}
     timings: dict[str, float] = {}
     t = time.perf_counter()
     graph = trace(model, x)
@@ -71,17 +86,18 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
         eng.references()
         base = eng.loss()
         if "loss" in criteria:
-            for cid, v in stage("loss", lambda: ablate(eng)).items():
+            for cid, v in stage("loss", lambda: ablate(eng, base_loss=base)).items():
                 cols[cid].update(v)
-        wants = [c for c in ("taylor2", "taylor2_diag", "taylor1") if c in criteria]
-        if wants:
-            kind = {"taylor2": "full", "taylor2_diag": "diag", "taylor1": "none"}[wants[0]]
-            g, H = stage(wants[0], lambda: gradient_and_hessian(eng, hessian=kind, seed=seed))
-            hessian_kind = wants[0] if H is not None else None
+        kinds = {"taylor2": "full", "taylor2_diag": "diag", "taylor1": "none"}
+        for want in [c for c in ("taylor2", "taylor2_diag", "taylor1") if c in criteria]:
+            gw, Hw = stage(want, lambda: gradient_and_hessian(eng, hessian=kinds[want], seed=seed))
             for k, c in enumerate(cands):
-                cols[c.id]["taylor1"] = float(-g[k])
-                if H is not None:
-                    cols[c.id][wants[0]] = float(-g[k] + 0.5 * H[k, k])
+                cols[c.id]["taylor1"] = float(-gw[k])
+                if Hw is not None:
+                    cols[c.id][want] = float(-gw[k] + 0.5 * Hw[k, k])
+            if g is None or (H is None and Hw is not None) or want == "taylor2":
+                g, H = gw, Hw
+                hessian_kind = want if Hw is not None else None
         if "fisher" in criteria:
             gf, Fm = stage("fisher", lambda: fisher(eng, seed=seed))
             for k, c in enumerate(cands):
@@ -119,11 +135,8 @@ def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, c
 
     >>> small, report = flowprune.prune(model, batches, Budget(count=2))
     """
-    needs = {"loss": ["loss"], "taylor1": ["taylor1"], "taylor2": ["taylor2"], "taylor2_diag": ["taylor2_diag"],
-             "fisher": ["fisher"], "magnitude": [], "random": []}.get(criterion, ["flow"])
-    if strategy == "quadratic" and not ({"taylor2", "fisher"} & set(needs)):
-        needs = needs + ["taylor2"]
-    report = analyze(model, data, loss=loss, criteria=tuple(needs), num_samples=num_samples, progress=progress)
+    report = analyze(model, data, loss=loss, criteria=criteria_for(criterion, strategy), num_samples=num_samples,
+                     progress=progress)
     if kind != "all":
         report.restrict(kind)
     plan = report.plan(budget, criterion=criterion, strategy=strategy, fill=fill)

@@ -13,6 +13,7 @@ Exit codes: 0 success; 2 bad input (one line on stderr naming the cause and the 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ from ._version import __version__
 from .errors import FlowpruneError, InputError
 
 CRITERIA = ("loss", "taylor2", "taylor2_diag", "taylor1", "fisher", "flow", "energy", "proximity", "llmdrop",
-            "angular", "shortgpt", "kl", "spvr", "magnitude", "random")
+            "angular", "shortgpt", "kl", "spvr", "magnitude", "random")  # every column of a report
 
 
 def default_model() -> Path:
@@ -65,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="what replaces a removed branch (default zeros)")
     pr.add_argument("--kind", default="all", choices=("all", "branch", "layer"),
                     help="remove only sublayers (branch), only whole layers, or both (default all)")
+    pr.add_argument("--criteria", default="flow,loss,taylor2",
+                    help="criteria computed for the report (default flow,loss,taylor2); --criterion is added")
     an = sub.add_parser("analyze", help="score every candidate; write report.json and report.md")
     _common(an)
     an.add_argument("--criteria", default="flow,loss,taylor2", help="comma-separated (default flow,loss,taylor2)")
@@ -123,7 +126,7 @@ def _hub(model_id: str):
 
 
 def _table(report, n: int = 40) -> str:
-    crit = [c for c in ("loss", "taylor2", "flow", "shortgpt", "llmdrop", "magnitude") if c in report.criteria]
+    crit = [c for c in ("loss", "taylor2", "flow", "shortgpt", "magnitude") if c in report.criteria]
     rows = sorted(report.candidates, key=lambda r: r["rank"])[:n]
     head = f"{'rank':>4}  {'candidate':<40} {'params':>9} " + " ".join(f"{c:>10}" for c in crit)
     return "\n".join([head] + [f"{r['rank']:>4}  {r['id']:<40} {r['params']:>9,} "
@@ -132,6 +135,7 @@ def _table(report, n: int = 40) -> str:
 
 def _prune(args: argparse.Namespace) -> int:
     from . import analyze, apply
+    from .api import criteria_for
     from .data import perplexity
     from .plan import write_atomic
     from .saving import save_pretrained
@@ -139,10 +143,9 @@ def _prune(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model, tok, calib, held, src = _load(args)
-    needs = {"loss": ("loss",), "taylor2": ("taylor2",), "taylor2_diag": ("taylor2_diag",), "taylor1": ("taylor1",),
-             "fisher": ("fisher",), "kl": ("loss",), "spvr": ("loss",)}.get(args.criterion, ("flow",))
-    if args.strategy == "quadratic" and "taylor2" not in needs:
-        needs = needs + ("taylor2",)
+    if args.unit == "count" and (args.budget < 1 or args.budget != int(args.budget)):
+        raise InputError(f"--unit count needs a whole number of removals, e.g. --budget 2 (got {args.budget})")
+    needs = criteria_for(args.criterion, args.strategy, [c.strip() for c in args.criteria.split(",") if c.strip()])
     budget = Budget(**{"params": {"params": args.budget}, "flops": {"flops": args.budget},
                        "count": {"count": int(args.budget)}, "loss": {"max_loss_increase": args.budget}}[args.unit])
     report = analyze(model, calib, loss=args.loss, criteria=needs, progress=not args.no_progress)
@@ -167,7 +170,7 @@ def _prune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"model: {src}\ncalibration: {args.data}, {sum(len(b['input_ids']) if isinstance(b, dict) else 1 for b in calib)}"
+    print(f"model: {src}\ncalibration: {args.data}, {sum(len(b['input_ids']) if isinstance(b, Mapping) else 1 for b in calib)}"
           f" samples; loss {args.loss}\n\nCandidates, least important first (criterion columns: higher = keep):")
     print(_table(report))
     print(f"\n{plan}")

@@ -43,15 +43,21 @@ class Gates:
         self.atol = atol
         self.failed: dict[str, str] = {}
         self._handles: dict[str, object] = {}
-        self.alpha = torch.ones(len(self.candidates))
+        p = next(self.model.parameters(), None)
+        self.device = p.device if p is not None else torch.device("cpu")
+        self.alpha = torch.ones(len(self.candidates), device=self.device)
         self._modules = dict(self.model.named_modules())
 
     # -- installation ------------------------------------------------------------------------------
     def __enter__(self) -> "Gates":
-        for c in self.candidates:
-            self._install(c)
-        if self.check:
-            self._self_check()
+        try:
+            for c in self.candidates:
+                self._install(c)
+            if self.check:
+                self._self_check()
+        except BaseException:
+            self.__exit__(None, None, None)  # never leave hooks on the user's model
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -76,7 +82,9 @@ class Gates:
                 x = first_tensor(args, kwargs)
                 return replace_tensor_leaf(output, 0, lambda y: x + a.to(device=y.device, dtype=y.dtype) * (y - x))
 
-        return branch if c.kind == "branch" else layer
+        fn = branch if c.kind == "branch" else layer
+        fn._flowprune_gate = True  # apply() strips these from the copies it makes
+        return fn
 
     @property
     def index(self) -> dict[str, int]:
@@ -87,7 +95,7 @@ class Gates:
     def set(self, values: dict[str, float]) -> None:
         """Set α of the named candidates (others unchanged)."""
         idx = self.index
-        alpha = self.alpha.detach().clone()
+        alpha = self.alpha.detach().clone().to(self.device)
         for cid, v in values.items():
             if cid not in idx:
                 raise KeyError(f"{cid!r} is not gated here" + (f": {self.failed[cid]}" if cid in self.failed else ""))
@@ -96,7 +104,7 @@ class Gates:
 
     def reset(self) -> None:
         """All α back to 1."""
-        self.alpha = torch.ones(len(self.candidates))
+        self.alpha = torch.ones(len(self.candidates), device=self.device)
 
     @contextmanager
     def removed(self, ids: Iterable[str]) -> Iterator[None]:
@@ -121,7 +129,7 @@ class Gates:
                   on_merge=lambda key, ops, res: captured.update({("ops", key): ops, ("res", key): res}),
                   on_call=lambda key, x, y: captured.update({("in", key): x, ("out", key): y}))
         saved = self.alpha
-        self.alpha = torch.zeros(len(self.candidates))
+        self.alpha = torch.zeros(len(self.candidates), device=self.device)
         try:
             with eval_mode(self.model), torch.no_grad(), tap:
                 call_model(self.model, self.graph.example_inputs)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -65,7 +65,6 @@ class Plan:
     flops_removed: int
     version: str = __version__
     schema: int = SCHEMA
-    meta: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_graph(cls, graph: "FlowGraph", ids: Sequence[str], fill: str = "zeros") -> "Plan":
@@ -96,19 +95,13 @@ class Plan:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The plan as JSON; also written atomically to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            write_atomic(Path(path), text)
-        return text
+        return dump_json(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, text_or_path: str | os.PathLike) -> "Plan":
         """Read a plan from a JSON string or a file path."""
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
         try:
-            d = json.loads(text)
+            d = load_json(text_or_path)
             if d.get("schema", SCHEMA) > SCHEMA:
                 raise PlanError(f"plan schema {d['schema']} is newer than this flowprune ({__version__}) reads; "
                                 f"upgrade flowprune")
@@ -126,6 +119,22 @@ class Plan:
         return "\n".join(lines)
 
 
+def dump_json(obj: dict, path: str | os.PathLike | None = None) -> str:
+    """``obj`` as indented JSON; also written atomically to ``path`` if given."""
+    text = json.dumps(obj, indent=1)
+    if path is not None:
+        write_atomic(Path(path), text)
+    return text
+
+
+def load_json(text_or_path: str | os.PathLike) -> dict:
+    """Parse a JSON string, or the file at a path."""
+    text = str(text_or_path)
+    if not text.lstrip().startswith("{"):
+        text = Path(text_or_path).read_text()
+    return json.loads(text)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, so a crash leaves no half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +142,11 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

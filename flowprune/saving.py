@@ -21,7 +21,6 @@ from torch import nn
 
 from ._version import __version__
 from .errors import InputError, PlanError
-from .graph.removal import Replacement
 from .plan import Plan
 
 META = "flowprune.json"
@@ -58,16 +57,17 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: A
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         with _quiet_transformers():
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp)  # safetensors
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         plans: list[Plan] = list(getattr(model, "flowprune_plans", []))
         if any(r.mode != "delete" for p in plans for r in p.replacements):
             meta = {"flowprune": __version__, "plans": [json.loads(p.to_json()) for p in plans]}
             (tmp / META).write_text(json.dumps(meta, indent=1))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            directory.rename(old)
+        tmp.chmod(0o755)
+        if directory.exists():  # swap: the old folder is gone only once the new one is in place
+            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old."))
+            directory.rename(old / "x")
             tmp.rename(directory)
             shutil.rmtree(old)
         else:

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Budget:
-    """Exactly one of: ``count`` removals, a fraction of ``params`` or ``flops`` to remove, or a ceiling
-    ``max_loss_increase`` on the measured loss change.
+    """Exactly one of: ``count`` removals, a fraction of ``params`` or ``flops`` to remove (at least), or a
+    ceiling ``max_loss_increase`` on the loss change (measured for one_shot and greedy, predicted for
+    quadratic).
 
     >>> Budget(params=0.25)      # remove at least 25 % of the parameters
     """
@@ -62,12 +63,12 @@ class Budget:
             return cls(params=value)
         raise InputError(f"budget must be a Budget, an int count or a float fraction of parameters, got {value!r}")
 
-    def met(self, graph: "FlowGraph", ids: list[str]) -> bool:
+    def met(self, graph: "FlowGraph", ids: list[str], fill: str = "zeros") -> bool:
         if self.count is not None:
             return len(ids) >= self.count
         if self.max_loss_increase is not None:
             return False  # decided by the solvers from measured losses
-        eff = graph.effect(ids)
+        eff = graph.effect(ids, fill)
         if self.params is not None:
             return eff.params >= self.params * graph.total_params
         return eff.flops >= self.flops * graph.total_flops
@@ -82,11 +83,11 @@ def _free(c: "Candidate", chosen: list["Candidate"]) -> bool:
 
 
 def one_shot(graph: "FlowGraph", cands: list["Candidate"], scores: dict[str, float], budget: Budget,
-             measure: Callable[[list[str]], float] | None) -> list[str]:
+             measure: Callable[[list[str]], float] | None, fill: str = "zeros") -> list[str]:
     """In increasing score order.  For a loss ceiling each addition is measured and kept if it fits."""
     chosen: list[Candidate] = []
     for c in sorted(cands, key=lambda c: scores[c.id]):
-        if budget.met(graph, [s.id for s in chosen]):
+        if budget.met(graph, [s.id for s in chosen], fill):
             break
         if not _free(c, chosen):
             continue
@@ -100,11 +101,11 @@ def one_shot(graph: "FlowGraph", cands: list["Candidate"], scores: dict[str, flo
 
 
 def greedy(graph: "FlowGraph", cands: list["Candidate"], budget: Budget,
-           rescore: Callable[[list[str], list[str]], dict[str, float]]) -> list[str]:
+           rescore: Callable[[list[str], list[str]], dict[str, float]], fill: str = "zeros") -> list[str]:
     """``rescore(remaining ids, removed ids)`` -> exact ΔL of each remaining one given the removed ones,
     relative to the original loss."""
     chosen: list[Candidate] = []
-    while not budget.met(graph, [s.id for s in chosen]):
+    while not budget.met(graph, [s.id for s in chosen], fill):
         rest = [c for c in cands if _free(c, chosen)]
         if not rest:
             break
@@ -117,15 +118,16 @@ def greedy(graph: "FlowGraph", cands: list["Candidate"], budget: Budget,
 
 
 def quadratic(graph: "FlowGraph", cands: list["Candidate"], g: torch.Tensor, H: torch.Tensor, budget: Budget,
-              index: dict[str, int]) -> list[str]:
-    """Minimise the Taylor prediction of ΔL(S) under the budget (a loss ceiling applies to the prediction)."""
+              index: dict[str, int], fill: str = "zeros") -> list[str]:
+    """Minimise the Taylor prediction of ΔL(S) under the budget.  A loss ceiling bounds the *prediction*;
+    the measured ΔL of the chosen set is recorded next to it by ``Report.plan``."""
     from .score.taylor import predict
 
     def pred(ids: list[str]) -> float:
         return predict(g, H, [index[i] for i in ids])
 
     chosen: list[Candidate] = []
-    while not budget.met(graph, [s.id for s in chosen]):
+    while not budget.met(graph, [s.id for s in chosen], fill):
         base = [s.id for s in chosen]
         rest = [c for c in cands if _free(c, chosen)]
         if not rest:

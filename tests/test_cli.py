@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 import flowprune
 from flowprune.cli import default_model, main

@@ -77,3 +77,11 @@ def test_unknown_candidate_id_suggests_close_ones():
     _, g = _graph()
     with pytest.raises(KeyError, match=r"blocks.1:layer"):
         g.plan(["blocks.1:layr"])
+
+
+def test_a_plan_is_applied_once():
+    m, g = _graph()
+    plan = g.plan(["blocks.1:layer"])
+    small = flowprune.apply(m, plan)
+    with pytest.raises(flowprune.PlanError, match="already applied"):
+        flowprune.apply_(small, plan, check=False)

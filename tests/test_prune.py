@@ -101,3 +101,29 @@ def test_bad_analyze_arguments():
         flowprune.analyze(m, [x], loss="ce", criteria=("loss",), progress=False)
     with pytest.raises(flowprune.InputError, match="unknown loss"):
         flowprune.analyze(m, [x], loss="mse", progress=False)
+
+
+def test_model_without_candidates_and_tokenizer_style_batches():
+    from transformers import BatchEncoding
+
+    rep = flowprune.analyze(ZOO["densenet"].build(), [ZOO["densenet"].inputs()], progress=False)
+    assert rep.candidates == [] and rep.data["g"] == []
+    batch = BatchEncoding({"input_ids": torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))})
+    rep = flowprune.analyze(ZOO["gpt2"].build(), [batch], criteria=("loss",), progress=False)
+    assert len(rep.candidates) == 6
+
+
+def test_analyze_leaves_the_model_as_it_was():
+    model = ZOO["resnet_basic"].build().train()
+    model.layer1[0].conv1.weight.requires_grad_(False)
+    hooks = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rep = flowprune.analyze(model, [x], criteria=("flow", "loss", "taylor2", "fisher"), progress=False)
+    rep.plan(Budget(count=2), strategy="greedy")
+    assert all(m.training for m in model.modules())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    assert {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()} == hooks
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

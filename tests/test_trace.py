@@ -1,6 +1,5 @@
 """Graphs, FLOPs and candidates of models known by hand."""
 
-import pytest
 import torch
 from torch import nn
 

@@ -9,7 +9,7 @@ family needs beyond that.  An unknown family still works through the generic tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -28,7 +28,7 @@ class Adapter:
 GENERIC = Adapter()
 
 ADAPTERS: dict[str, Adapter] = {
-    # Every family below is covered by the generic rules; listed so that `supported()` documents them.
+    # Every family below is covered by the generic rules (tested in tests/test_zoo.py, test_hf_layers.py).
     name: GENERIC
     for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2", "opt", "gpt_neox",
                  "falcon", "bert", "roberta", "distilbert", "vit", "resnet", "convnext")
@@ -39,11 +39,6 @@ def adapter_for(model: nn.Module) -> Adapter:
     """The adapter of ``model``'s family (``GENERIC`` for unknown families and non-HF models)."""
     config = getattr(model, "config", None)
     return ADAPTERS.get(getattr(config, "model_type", None), GENERIC)
-
-
-def supported() -> list[str]:
-    """Model types with an adapter entry."""
-    return sorted(ADAPTERS)
 
 
 def num_layers(model: nn.Module) -> int | None:

@@ -3,6 +3,8 @@ of batches, and split a batch into model inputs and labels."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from typing import Any, Iterable
 
 import torch
@@ -15,19 +17,25 @@ LABEL_KEYS = ("labels", "label")
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
     """(model inputs, labels).  A dict's ``labels``/``label`` entry is the label; a 2-tuple
-    ``(inputs, labels)`` is a classification batch; a tensor or other tuple has no labels."""
+    ``(inputs, labels)`` whose second item is a 1-D integer tensor with one entry per sample is a
+    classification batch; a tensor or any other tuple (e.g. ``(input_ids, attention_mask)``) has no labels."""
     if isinstance(batch, torch.Tensor):
         return batch, None
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         labels = next((batch[k] for k in LABEL_KEYS if k in batch), None)
         return {k: v for k, v in batch.items() if k not in LABEL_KEYS}, labels
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
-            and not batch[1].is_floating_point():
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and _are_labels(batch[0], batch[1]):
         x = batch[0]
-        return (x if isinstance(x, (torch.Tensor, dict)) else tuple(x)), batch[1]
+        return (x if isinstance(x, (torch.Tensor, Mapping)) else tuple(x)), batch[1]
     if isinstance(batch, (tuple, list)):
         return tuple(batch), None
     raise InputError(f"a batch must be a tensor, a tuple or a dict of tensors, got {type(batch).__name__}")
+
+
+def _are_labels(x: Any, y: Any) -> bool:
+    leaves = tensor_leaves(x)
+    return (isinstance(y, torch.Tensor) and not y.is_floating_point() and y.dim() == 1 and bool(leaves)
+            and leaves[0].dim() > 0 and len(y) == leaves[0].shape[0])
 
 
 def batch_size(batch: Any) -> int:
@@ -59,7 +67,7 @@ def as_batches(data: Any, num_samples: int | None = None, batch_size_: int = 8) 
         batches: Iterable = _from_dataset(data, batch_size_)
     elif isinstance(data, torch.Tensor):
         batches = list(data.split(batch_size_))
-    elif isinstance(data, (dict, tuple)):
+    elif isinstance(data, (Mapping, tuple)):
         batches = [data]
     elif isinstance(data, Iterable):
         batches = data
@@ -84,7 +92,7 @@ def as_batches(data: Any, num_samples: int | None = None, batch_size_: int = 8) 
 def _cut(batch: Any, k: int) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch[:k]
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return {key: _cut(v, k) for key, v in batch.items()}
     if isinstance(batch, (tuple, list)):
         return type(batch)(_cut(v, k) for v in batch)

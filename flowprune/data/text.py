@@ -8,6 +8,8 @@ batches cut from the tokenized text in non-overlapping windows spread evenly ove
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import math
 import os
 from pathlib import Path
@@ -104,7 +106,7 @@ def perplexity(model: torch.nn.Module, data: Iterable[dict]) -> float:
     total, count = 0.0, 0.0
     with torch.no_grad(), eval_mode(model):
         for batch in data:
-            out = model(**{**batch, "use_cache": False}) if isinstance(batch, dict) else model(batch)
+            out = model(**{**batch, "use_cache": False}) if isinstance(batch, Mapping) else model(batch)
             per = lm_loss(out, batch)  # [B] mean NLL per sequence
             tokens = batch["attention_mask"][:, 1:].sum(1).float() if "attention_mask" in batch else \
                 torch.full_like(per, batch["input_ids"].shape[1] - 1)

@@ -25,7 +25,6 @@ from ..graph.tap import Tap
 from ..graph.removal import within
 from ..score.engine import Engine, _clone
 
-FLOW_CRITERIA = ("flow", "energy", "proximity", "llmdrop", "angular", "shortgpt")
 
 
 def _rows(a: torch.Tensor) -> torch.Tensor:
@@ -88,7 +87,7 @@ class _Stats:
 
 def information_flow(eng: Engine) -> dict[str, dict[str, float]]:
     """One forward over the calibration batches (with every α = 1; it also records the reference
-    outputs) -> {candidate id: {criterion: value}} for ``FLOW_CRITERIA``."""
+    outputs) -> {candidate id: {criterion: value}} for flow, energy, proximity, llmdrop, angular, shortgpt."""
     g = eng.graph
     merges = {(g.call(m.cid).key, m.raw_index): m for m in g.merges if m.kind in ("add", "cat")}
     layers = {g.call(c.cid).key: c for c in eng.candidates if c.kind == "layer"}
@@ -107,10 +106,10 @@ def information_flow(eng: Engine) -> dict[str, dict[str, float]]:
             refs.append(_clone(eng.run(i)))
     if not eng.refs:
         eng.refs = refs
-    flow = _propagate(g, {vid: s.shares() for vid, s in mstats.items()})
+    flow = _propagate(g, {vid: s.shares() for vid, s in mstats.items() if s.sq})  # unobserved merges: equal split
     out: dict[str, dict[str, float]] = {}
     for c in eng.candidates:
-        if c.kind == "branch" and c.merge in mstats:
+        if c.kind == "branch" and c.merge in mstats and mstats[c.merge].sq:
             st = mstats[c.merge]
             out[c.id] = {**st.local(c.operand), "flow": flow.get(c.merge, 0.0) * st.shares()[c.operand]}
         elif c.kind == "layer" and c.id in lstats:

@@ -13,6 +13,7 @@ the mutated object, so a residual input never looks as if the op that mutated a 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ import networkx as nx
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from .._tree import NotStubbable, encode, first_tensor, tensor_leaves
 from .flops import op_flops, rnn_flops
@@ -127,7 +129,7 @@ class Recorder(TorchFunctionMode):
         self.merges: list[MergeRecord] = []
         self.consumers: dict[int, set[str]] = {}
         self.stack: list[CallRecord] = []
-        self.metas: dict[int, tuple[torch.Tensor, Meta]] = {}  # id -> (tensor kept alive, meta)
+        self.metas = WeakTensorKeyDictionary()  # tensor -> Meta; entries go with their tensors (memory)
         self.ncalls: dict[nn.Module, int] = {}
         self._handles: list = []
         self._merge_counts: dict[tuple, int] = {}
@@ -135,11 +137,10 @@ class Recorder(TorchFunctionMode):
 
     # -- metas ---------------------------------------------------------------------------------
     def meta(self, t: torch.Tensor) -> Meta | None:
-        hit = self.metas.get(id(t))
-        return hit[1] if hit is not None and hit[0] is t else None
+        return self.metas.get(t)
 
     def set_meta(self, t: torch.Tensor, m: Meta) -> None:
-        self.metas[id(t)] = (t, m)
+        self.metas[t] = m
 
     def _consume(self, vid: str, metas: list[Meta]) -> None:
         for m in metas:
@@ -153,7 +154,7 @@ class Recorder(TorchFunctionMode):
         named: list[tuple[str, Any]]
         if isinstance(inputs, torch.Tensor):
             named = [("0", inputs)]
-        elif isinstance(inputs, dict):
+        elif isinstance(inputs, Mapping):
             named = list(inputs.items())
         else:
             named = [(str(i), x) for i, x in enumerate(inputs)]

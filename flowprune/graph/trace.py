@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -20,7 +22,7 @@ def check_inputs(model: Any, example_inputs: Any) -> None:
     if isinstance(example_inputs, list):
         raise InputError("example_inputs is a list: pass a tuple for positional inputs, e.g. (x,), "
                          "or a dict for keyword inputs, e.g. {'input_ids': ids}")
-    if not isinstance(example_inputs, (torch.Tensor, tuple, dict)):
+    if not isinstance(example_inputs, (torch.Tensor, tuple, Mapping)):
         raise InputError(f"example_inputs must be a Tensor, a tuple of positional inputs or a dict of keyword "
                          f"inputs, got {type(example_inputs).__name__}; for a tokenizer's BatchEncoding pass dict(enc)")
     if not tensor_leaves(example_inputs):
@@ -34,7 +36,7 @@ def check_inputs(model: Any, example_inputs: Any) -> None:
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
     """``model(inputs)`` for a tensor, ``model(*inputs)`` for a tuple, ``model(**inputs)`` for a dict."""
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, tuple):
         return model(*inputs)

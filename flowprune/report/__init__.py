@@ -3,11 +3,9 @@ change, the gate-space Taylor terms, and the plans made — as JSON (versioned) 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +14,7 @@ from scipy import stats
 
 from .._version import __version__
 from ..errors import InputError, PlanError
-from ..plan import Plan, write_atomic
+from ..plan import Plan, dump_json, load_json
 from ..solve import Budget, greedy, one_shot, quadratic
 
 if TYPE_CHECKING:
@@ -82,9 +80,6 @@ class Report:
         if criterion not in self.criteria:
             raise InputError(f"criterion {criterion!r} was not computed; this report has {self.criteria}")
         return {r["id"]: r[criterion] for r in self.candidates}
-
-    def column(self, criterion: str) -> np.ndarray:
-        return np.array([r[criterion] for r in self.candidates], dtype=float)
 
     @property
     def gradient(self) -> torch.Tensor | None:
@@ -156,21 +151,22 @@ class Report:
         with eng:
             if strategy == "one_shot":
                 measure = (lambda ids: eng.loss(ids) - self.base_loss)
-                ids = one_shot(graph, cands, self.scores(criterion), budget, measure)
+                ids = one_shot(graph, cands, self.scores(criterion), budget, measure, fill)
                 if criterion == "loss":
                     predicted = sum(self.scores("loss")[i] for i in ids)
             elif strategy == "greedy":
                 def rescore(rest: list[str], removed: list[str]) -> dict[str, float]:
-                    base = eng.loss(removed) - self.base_loss if removed else 0.0
-                    return {k: v["loss"] + base for k, v in ablate(eng, rest, base=removed).items()}
+                    L = eng.loss(removed) if removed else self.base_loss
+                    res = ablate(eng, rest, base=removed, base_loss=L)
+                    return {k: v["loss"] + L - self.base_loss for k, v in res.items()}
 
-                ids = greedy(graph, cands, budget, rescore)
+                ids = greedy(graph, cands, budget, rescore, fill)
                 criterion = "loss"
             elif strategy == "quadratic":
                 if self.hessian is None:
                     raise InputError("strategy='quadratic' needs the gate Hessian: analyze with 'taylor2' or 'fisher'")
                 index = {r["id"]: k for k, r in enumerate(self.candidates)}
-                ids = quadratic(graph, cands, self.gradient, self.hessian, budget, index)
+                ids = quadratic(graph, cands, self.gradient, self.hessian, budget, index, fill)
                 criterion = self.data["hessian_kind"]
             else:
                 raise InputError(f"unknown strategy {strategy!r}: use 'one_shot', 'greedy' or 'quadratic'")
@@ -188,17 +184,11 @@ class Report:
     # -- output ---------------------------------------------------------------------------------------
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as JSON (``schema`` versioned); written atomically to ``path`` if given."""
-        text = json.dumps(_finite(self.data), indent=1)
-        if path is not None:
-            write_atomic(Path(path), text)
-        return text
+        return dump_json(_finite(self.data), path)
 
     @classmethod
     def from_json(cls, text_or_path: str | os.PathLike) -> "Report":
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        data = json.loads(text)
+        data = load_json(text_or_path)
         if data.get("schema", 0) > SCHEMA:
             raise PlanError(f"report schema {data['schema']} is newer than this flowprune ({__version__}) reads")
         return cls(data)

@@ -41,6 +41,8 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
     model whose state_dict names were changed on purpose).  Raises PlanError for a plan made for another
     model or naming a missing module.
     """
+    if plan in getattr(model, "flowprune_plans", []):
+        raise PlanError("this plan was already applied to this model (see model.flowprune_plans)")
     if check and fingerprint(model) != plan.fingerprint:
         n = sum(p.numel() for p in model.parameters())
         raise PlanError(f"the plan was made for a {plan.model_class} with {plan.params_before:,} parameters "
@@ -51,8 +53,6 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
     targets = [(r, *_resolve(model, r.path, modules)) for r in plan.replacements]  # validate all first
     _check_data(plan, data)
     fitted = fit_fills(model, plan, as_batches(data)) if plan.fills else {}
-    if "flowprune_base_config" not in vars(model) and hasattr(getattr(model, "config", None), "to_dict"):
-        model.flowprune_base_config = model.config.to_dict()  # what load_pretrained rebuilds from
     deletions: dict[str, list[int]] = {}
     for rep, parent, name in targets:
         if rep.mode == "delete":
@@ -103,4 +103,10 @@ def apply(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) ->
     >>> small = flowprune.apply(model, graph.plan(ids, fill="mean"), data=batches)
     """
     _check_data(plan, data)  # before copying a possibly large model
-    return apply_(copy.deepcopy(model), plan, check=check, data=data)
+    small = copy.deepcopy(model)
+    for m in small.modules():  # a copy made inside `with Gates(...)` must not stay gated
+        for key in [k for k, fn in m._forward_hooks.items() if getattr(fn, "_flowprune_gate", False)]:
+            del m._forward_hooks[key]
+            m._forward_hooks_with_kwargs.pop(key, None)
+            m._forward_hooks_always_called.pop(key, None)
+    return apply_(small, plan, check=check, data=data)

@@ -37,7 +37,7 @@ def fit_fills(model: nn.Module, plan: Plan, batches: Sequence[Any]) -> dict[str,
                 s["n"] += z.numel() // max(1, torch.tensor(rep.shape).prod().item())
             else:
                 x = first_tensor(args, kwargs).detach().double().reshape(-1, rep.shape[0])
-                x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # bias column
+                x = torch.cat([x, x.new_ones(len(x), 1)], 1)  # bias column
                 z = z.reshape(-1, rep.shape[1])
                 s["xx"] = s.get("xx", 0) + x.T @ x
                 s["xz"] = s.get("xz", 0) + x.T @ z
@@ -57,10 +57,10 @@ def fit_fills(model: nn.Module, plan: Plan, batches: Sequence[Any]) -> dict[str,
     for path, rep in reps.items():
         s = sums[path]
         if rep.mode == "mean":
-            out[path] = {"fill": (s["sum"] / max(s["n"], 1)).reshape(rep.shape).float()}
+            out[path] = {"fill": (s["sum"] / max(s["n"], 1)).reshape(rep.shape).float().cpu()}
         else:
-            xx = s["xx"]
+            xx, xz = s["xx"].cpu(), s["xz"].cpu()
             ridge = 1e-6 * xx.diagonal().mean().clamp_min(1e-12)
-            w = torch.linalg.solve(xx + ridge * torch.eye(len(xx), dtype=xx.dtype), s["xz"])  # [in+1, out]
+            w = torch.linalg.solve(xx + ridge * torch.eye(len(xx), dtype=xx.dtype), xz)  # [in+1, out]
             out[path] = {"weight": w[:-1].T.float().contiguous(), "bias": w[-1].float().contiguous()}
     return out

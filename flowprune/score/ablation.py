@@ -36,29 +36,38 @@ def _kl_and_spvr(out, ref_probs) -> tuple[float, float]:
 
 
 def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = (), replay: bool = True,
-           progress: bool | None = None) -> dict[str, dict[str, float]]:
+           progress: bool | None = None, base_loss: float | None = None) -> dict[str, dict[str, float]]:
     """For each candidate in ``ids`` (default: all), with ``base`` already removed: the exact loss
-    change ``loss`` relative to the loss with ``base`` removed, and ``kl``/``spvr`` against the original
-    model's outputs.  Batch by batch, so memory holds one batch's replay recordings."""
-    cands = [c for c in eng.candidates if ids is None or c.id in set(ids)]
-    cands = [c for c in cands if c.id not in set(base)]
+    change ``loss`` relative to the loss with ``base`` removed (``base_loss``, measured here if not
+    given), and ``kl``/``spvr`` against the original model's outputs.  Batch by batch, so memory holds
+    one batch's replay recordings.
+
+    Every module replayed for some candidate finishes before the deepest candidate starts, so when the
+    base loss is known the deepest candidate's own (full) ablated pass records them all: no extra pass."""
+    cands = [c for c in eng.candidates if (ids is None or c.id in set(ids)) and c.id not in set(base)]
+    cands.sort(key=lambda c: eng.graph.call(c.cid).start, reverse=True)  # deepest first
     eng.references()
     sources = {c.id: replay_sources(eng.graph, c) if replay else [] for c in cands}
     wanted = set().union(*sources.values()) if sources else set()
     sums = {c.id: {"loss": 0.0, "kl": 0.0, "spvr": 0.0} for c in cands}
-    base_loss = 0.0
+    measured_base = 0.0
     n_tokens = 0
     show = eng.progress if progress is None else progress
     bar = tqdm(total=len(eng.batches) * len(cands), desc="exact ablation", disable=not show, leave=False)
     with torch.no_grad():
         for i, n in enumerate(eng.sizes):
-            with eng.alphas(eng.alpha_for(base)), eng.recording(wanted) as store:
-                b = eng.run(i)
-            base_loss += float(eng.batch_loss(i, b)) * n
             ref_probs = _reference_probs(eng.refs[i])
-            for c in cands:
-                with eng.alphas(eng.alpha_for([*base, c.id])), eng.replaying(store, sources[c.id]):
+            store: dict = {}
+            if base_loss is None:
+                with eng.alphas(eng.alpha_for(base)), eng.recording(wanted) as store:
+                    measured_base += float(eng.batch_loss(i, eng.run(i))) * n
+            for k, c in enumerate(cands):
+                recording = base_loss is not None and k == 0
+                with eng.alphas(eng.alpha_for([*base, c.id])), \
+                        (eng.recording(wanted) if recording else eng.replaying(store, sources[c.id])) as rec:
                     out = eng.run(i)
+                if recording:
+                    store = rec
                 sums[c.id]["loss"] += float(eng.batch_loss(i, out)) * n
                 kl, spvr = _kl_and_spvr(out, ref_probs)
                 sums[c.id]["kl"] += kl
@@ -68,6 +77,7 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
             n_tokens += int(lg[..., 0].numel()) if lg is not None else n
     bar.close()
     total = sum(eng.sizes)
-    L0 = base_loss / total
+    L0 = measured_base / total if base_loss is None else base_loss
+    order = {c.id: k for k, c in enumerate(eng.candidates)}
     return {cid: {"loss": s["loss"] / total - L0, "kl": s["kl"] / n_tokens, "spvr": s["spvr"]}
-            for cid, s in sums.items()}
+            for cid, s in sorted(sums.items(), key=lambda kv: order[kv[0]])}

@@ -10,12 +10,13 @@ re-applying a gate to a replayed (already gated) output changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import inspect
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
-from torch import nn
 from torch.utils import _pytree as pytree
 
 from .._tree import tensor_leaves
@@ -32,15 +33,12 @@ def _clone(obj: Any) -> Any:
 
 def replay_sources(graph: FlowGraph, c: Candidate) -> list[str]:
     """Paths of the maximal modules that finish before ``c``'s module starts (each called once)."""
-    counts: dict[str, int] = {}
-    for r in graph.calls:
-        counts[r.path] = counts.get(r.path, 0) + 1
     me = graph.call(c.cid)
     out, a = [], me
     while a.parent is not None:
         parent = graph.call(a.parent)
         out += [graph.call(d).path for d in parent.children
-                if graph.call(d).end < me.start and counts[graph.call(d).path] == 1]
+                if graph.call(d).end < me.start and len(graph.calls_of(graph.call(d).path)) == 1]
         a = parent
     return out
 
@@ -63,7 +61,7 @@ class Engine:
         self.gates = gates or Gates(graph)
         self.progress = progress
         self.refs: list[Any] = []  # original-model outputs per batch (α = 1)
-        self._extra = self._extra_kwargs()
+        self._extra = self.extra_kwargs(self.model)
         self._ctx: list = []
 
     # -- context: eval mode, gates installed, parameters frozen -------------------------------------
@@ -73,30 +71,39 @@ class Engine:
         self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
         for p, _ in self._flags:
             p.requires_grad_(False)  # derivatives are taken with respect to α only
-        self.gates.__enter__()
+        try:
+            self.gates.__enter__()
+        except BaseException:
+            self._restore()
+            raise
         return self
+
+    def _restore(self) -> None:
+        for p, f in self._flags:
+            p.requires_grad_(f)
+        self._ctx[0].__exit__(None, None, None)
 
     def __exit__(self, *exc) -> None:
         self.gates.__exit__(*exc)
-        for p, f in self._flags:
-            p.requires_grad_(f)
-        self._ctx[0].__exit__(*exc)
+        self._restore()
 
     @property
     def candidates(self) -> list[Candidate]:
         return self.gates.candidates
 
-    def _extra_kwargs(self) -> dict:
-        # HF decoders: no KV cache during scoring (nothing to generate; it also keeps replay side-effect free)
+    @staticmethod
+    def extra_kwargs(model: Any) -> dict:
+        """Keyword inputs added to dict batches: HF decoders run without a KV cache during scoring
+        (nothing is generated; it also keeps replay free of side effects)."""
         try:
-            params = inspect.signature(self.model.forward).parameters
+            params = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
             return {}
         return {"use_cache": False} if "use_cache" in params else {}
 
     def inputs(self, i: int) -> Any:
         x, _ = split_batch(self.batches[i])
-        if isinstance(x, dict):
+        if isinstance(x, Mapping):
             return {**self._extra, **x}
         return x
 
@@ -107,7 +114,7 @@ class Engine:
     def references(self) -> list[Any]:
         """Original-model outputs (every α = 1) for each batch, computed once."""
         if not self.refs:
-            with self.alphas(torch.ones(len(self.candidates))), torch.no_grad():
+            with self.alphas(self.alpha_for()), torch.no_grad():
                 self.refs = [_clone(self.run(i)) for i in range(len(self.batches))]
         return self.refs
 
@@ -129,7 +136,7 @@ class Engine:
             self.gates.alpha = saved
 
     def alpha_for(self, removed: Sequence[str] = ()) -> torch.Tensor:
-        a = torch.ones(len(self.candidates))
+        a = torch.ones(len(self.candidates), device=self.gates.device)
         idx = self.gates.index
         for cid in removed:
             a[idx[cid]] = 0.0
@@ -162,6 +169,7 @@ class Engine:
         restored from a pristine copy after the pass."""
         modules = dict(self.model.named_modules())
         pristine = store.setdefault("__pristine__", {})
+        own = {p: vars(modules[p]).get("forward") for p in paths}  # e.g. accelerate's wrappers
         for p in paths:
             if p not in pristine:
                 pristine[p] = _clone(store[p])
@@ -171,6 +179,9 @@ class Engine:
             yield
         finally:
             for p in paths:
-                del modules[p].forward
+                if own[p] is None:
+                    del modules[p].forward
+                else:
+                    modules[p].forward = own[p]
                 if [t._version for t in tensor_leaves(store[p])] != versions[p]:
                     store[p] = _clone(pristine[p])

@@ -7,6 +7,8 @@ the original model's logits (or 1 − cos to its hidden states when there are no
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from typing import Any, Callable
 
 import torch
@@ -20,12 +22,15 @@ LossSpec = str | Callable[[Any, Any], torch.Tensor]
 
 
 def logits_of(out: Any) -> torch.Tensor | None:
-    """Logits of a model output: ``.logits``/``["logits"]``, or the output itself if it is a tensor."""
+    """Logits of a model output: ``.logits``/``["logits"]``, the output itself if it is a tensor, or the
+    first floating tensor of a plain tuple/list output (``(logits, aux)``)."""
     if isinstance(out, torch.Tensor):
         return out
     lg = getattr(out, "logits", None)
-    if lg is None and isinstance(out, dict):
+    if lg is None and isinstance(out, Mapping):
         lg = out.get("logits")
+    if lg is None and type(out) in (tuple, list):
+        lg = next((t for t in tensor_leaves(out) if t.is_floating_point()), None)
     return lg
 
 
@@ -36,7 +41,7 @@ def hidden_of(out: Any) -> torch.Tensor:
 
 
 def _token_mask(inputs: Any, like: torch.Tensor) -> torch.Tensor:
-    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
     if mask is None or mask.shape != like.shape[:2]:
         return torch.ones(like.shape[:2], device=like.device)
     return mask.to(like.device, like.dtype)
@@ -49,7 +54,7 @@ def _per_sample_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def lm_loss(out: Any, batch: Any, ref: Any = None) -> torch.Tensor:
     inputs, _ = split_batch(batch)
-    ids = inputs["input_ids"] if isinstance(inputs, dict) else inputs
+    ids = inputs["input_ids"] if isinstance(inputs, Mapping) else inputs
     lg = logits_of(out)
     if lg is None or lg.dim() != 3:
         raise InputError("loss='lm' needs [batch, tokens, vocab] logits from the model")

@@ -51,16 +51,19 @@ def gradient_and_hessian(eng: Engine, hessian: str = "full", method: str = "auto
     """(g [C], H [C, C] or None).  ``hessian``: "full", "diag" (Hutchinson; H returned diagonal) or "none".
     ``method``: "autograd" (reverse-over-reverse) or "func" (``torch.func.jvp`` over ``torch.func.grad``)."""
     C = len(eng.candidates)
-    at = torch.ones(C, dtype=torch.float64) if at is None else at.double()
+    if C == 0:
+        return torch.zeros(0, dtype=torch.float64), (None if hessian == "none" else torch.zeros(0, 0, dtype=torch.float64))
+    dev = eng.gates.device
+    at = torch.ones(C, dtype=torch.float64, device=dev) if at is None else at.double().to(dev)
     eng.references()
     g_sum = torch.zeros(C, dtype=torch.float64)
     H_sum = torch.zeros(C, C, dtype=torch.float64) if hessian != "none" else None
     gen = torch.Generator().manual_seed(seed)
     hutchinson = hessian == "diag" and probes < C
     if hutchinson:  # Rademacher probes: E[v ⊙ Hv] = diag(H)
-        V = (torch.randint(0, 2, (probes, C), generator=gen) * 2 - 1).double()
+        V = (torch.randint(0, 2, (probes, C), generator=gen) * 2 - 1).double().to(dev)
     else:
-        V = torch.eye(C, dtype=torch.float64)
+        V = torch.eye(C, dtype=torch.float64, device=dev)
     for i, n in enumerate(tqdm(eng.sizes, desc="gate Taylor", disable=not eng.progress, leave=False)):
         def loss_at(a: torch.Tensor, i: int = i) -> torch.Tensor:
             with eng.alphas(a):
@@ -74,10 +77,11 @@ def gradient_and_hessian(eng: Engine, hessian: str = "full", method: str = "auto
                 L = loss_at(alpha)
                 (g,) = torch.autograd.grad(L, alpha, create_graph=hessian != "none")
                 HV = _hvp_rows(g, alpha, V) if hessian != "none" else None
-        g_sum += g.detach() * n
+        g_sum += g.detach().cpu() * n
+        HV = HV.cpu() if HV is not None else None
         if H_sum is not None:
             if hessian == "diag":
-                d = (V * HV.detach()).mean(0) if hutchinson else torch.diagonal(HV.detach())
+                d = (V.cpu() * HV.detach()).mean(0) if hutchinson else torch.diagonal(HV.detach())
                 H_sum += torch.diag(d) * n
             else:
                 H_sum += HV.detach() * n
@@ -103,7 +107,10 @@ def fisher(eng: Engine, at: torch.Tensor | None = None, seed: int = 0) -> tuple[
     if not eng.per_sample:
         raise InputError("the Fisher variant needs per-sample losses: use loss='lm', 'ce' or 'distill'")
     C = len(eng.candidates)
-    at = torch.ones(C, dtype=torch.float64) if at is None else at.double()
+    if C == 0:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, 0, dtype=torch.float64)
+    dev = eng.gates.device
+    at = torch.ones(C, dtype=torch.float64, device=dev) if at is None else at.double().to(dev)
     refs = eng.references()
     gen = torch.Generator().manual_seed(seed)
     g_sum, F_sum = torch.zeros(C, dtype=torch.float64), torch.zeros(C, C, dtype=torch.float64)
@@ -113,15 +120,15 @@ def fisher(eng: Engine, at: torch.Tensor | None = None, seed: int = 0) -> tuple[
             out = eng.run(i)
             per = eng.batch_loss(i, out, per_sample=True)  # [B]
             fisher_rows = _fisher_outputs(out, refs[i], eng, i, gen) if eng.fn.__name__ == "distill_loss" else None
-        eye = torch.eye(len(per), dtype=per.dtype)
+        eye = torch.eye(len(per), dtype=per.dtype, device=per.device)
         J = torch.autograd.grad(per, alpha, grad_outputs=eye, is_grads_batched=True,
                                 retain_graph=fisher_rows is not None)[0]  # [B, C]
-        g_sum += J.sum(0).detach()
+        g_sum += J.sum(0).detach().cpu()
         if fisher_rows is not None:
             outs, weights = fisher_rows  # [R] scalars whose weighted gradient outer products sum to F·B
-            J = torch.autograd.grad(outs, alpha, grad_outputs=torch.eye(len(outs), dtype=outs.dtype),
+            J = torch.autograd.grad(outs, alpha, grad_outputs=torch.eye(len(outs), dtype=outs.dtype, device=outs.device),
                                     is_grads_batched=True)[0] * weights.double().sqrt()[:, None]
-        F_sum += (J.T @ J).detach()
+        F_sum += (J.T @ J).detach().cpu()
     total = sum(eng.sizes)
     return g_sum / total, F_sum / total
 
@@ -139,8 +146,8 @@ def _fisher_outputs(out: Any, ref: Any, eng: Engine, i: int, gen: torch.Generato
         raise InputError("the Fisher variant of the distill loss needs logits (the model returns none)")
     if lg.dim() == 2 and lg.shape[-1] <= 64:
         return F.log_softmax(lg.float(), -1).flatten(), F.softmax(lg_ref.float(), -1).flatten()
-    probs = F.softmax(lg_ref.float().flatten(0, -2), -1)
-    y = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    probs = F.softmax(lg_ref.float().flatten(0, -2), -1).cpu()  # sample on the CPU: the generator lives there
+    y = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(lg.device)
     nll = F.cross_entropy(lg.float().flatten(0, -2), y, reduction="none").view(lg.shape[:-1])
     if nll.dim() == 1:
         return nll, torch.ones_like(nll)
