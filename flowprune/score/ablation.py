@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .engine import Engine, replay_sources
-from .losses import logits_of
+from ..data import split_batch
+from .losses import distill_loss, kl_per_sample, logits_of
 
 
 def _reference_probs(ref):
@@ -22,17 +23,22 @@ def _reference_probs(ref):
     return logp, lg.argmax(-1, keepdim=True)
 
 
-def _kl_and_spvr(out, ref_probs) -> tuple[float, float]:
-    """Summed over samples (tokens for LMs): KL(p_ref || p), and SPvR = flipped argmax + |Δp(pred class)|."""
+def _metrics(eng: Engine, i: int, out, ref_probs) -> tuple[float, float, float]:
+    """(batch loss, KL summed over samples/tokens, SPvR) of one ablated pass; the ablated log-softmax is
+    computed once and, for the distill loss, the loss is the same KL (no second pass over the vocabulary)."""
     lg = logits_of(out)
     if ref_probs is None or lg is None or lg.shape != ref_probs[0].shape:
-        return float("nan"), float("nan")
+        return float(eng.batch_loss(i, out)), float("nan"), float("nan")
     logp, pred = ref_probs
     logq = F.log_softmax(lg.float(), -1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
+    if eng.fn is distill_loss:
+        loss = float(kl_per_sample(logp, logq, split_batch(eng.batches[i])[0]).mean())
+    else:
+        loss = float(eng.batch_loss(i, out))
     flips = (lg.argmax(-1, keepdim=True) != pred).float()
     dp = (logq.gather(-1, pred).exp() - logp.gather(-1, pred).exp()).abs()
-    return float(kl.sum()), float((flips + dp).sum())
+    return loss, float(kl.sum()), float((flips + dp).sum())
 
 
 def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = (), replay: bool = True,
@@ -68,8 +74,8 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
                     out = eng.run(i)
                 if recording:
                     store = rec
-                sums[c.id]["loss"] += float(eng.batch_loss(i, out)) * n
-                kl, spvr = _kl_and_spvr(out, ref_probs)
+                loss, kl, spvr = _metrics(eng, i, out, ref_probs)
+                sums[c.id]["loss"] += loss * n
                 sums[c.id]["kl"] += kl
                 sums[c.id]["spvr"] += spvr
                 bar.update()

@@ -75,15 +75,19 @@ def ce_loss(out: Any, batch: Any, ref: Any = None) -> torch.Tensor:
     return _per_sample_mean(ce.view(labels.shape), valid)
 
 
+def kl_per_sample(logp_ref: torch.Tensor, logq: torch.Tensor, inputs: Any) -> torch.Tensor:
+    """KL(p_ref || q) from log-probabilities: per sample [B] (mean over valid tokens for sequences)."""
+    kl = (logp_ref.exp() * (logp_ref - logq)).sum(-1)  # [B] for classifiers, [B, T] for LMs
+    if kl.dim() == 1:
+        return kl
+    return _per_sample_mean(kl.flatten(1), _token_mask(inputs, kl.flatten(1)))
+
+
 def distill_loss(out: Any, batch: Any, ref: Any) -> torch.Tensor:
     inputs, _ = split_batch(batch)
     lg, lg_ref = logits_of(out), logits_of(ref)
     if lg is not None and lg_ref is not None:
-        logp, logq = F.log_softmax(lg_ref.float(), -1), F.log_softmax(lg.float(), -1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)  # [B] for classifiers, [B, T] for LMs
-        if kl.dim() == 1:
-            return kl
-        return _per_sample_mean(kl.flatten(1), _token_mask(inputs, kl.flatten(1)))
+        return kl_per_sample(F.log_softmax(lg_ref.float(), -1), F.log_softmax(lg.float(), -1), inputs)
     h, h_ref = hidden_of(out).float(), hidden_of(ref).float()
     # [B, T, D]: cosine per token; [B, C, H, W] or [B, D]: cosine per sample
     dim = -1 if h.dim() == 3 else 1

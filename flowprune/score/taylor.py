@@ -6,7 +6,7 @@ gradients), or forward-over-reverse with ``torch.func.jvp`` over ``torch.func.gr
 (α_c: 1 → 0 for c ∈ S) predicts ΔL(S) ≈ −Σ_S g_c + ½ Σ_{c,c'∈S} H_cc'.  Cheaper variants: a Hutchinson
 estimate of diag(H) from a few random probes, and the Fisher matrix from per-sample gradients (for the
 distill loss, whose per-sample gradients vanish at α = 1, the true Fisher of the original predictions:
-exact over the classes of a classifier, one sampled label per token for sequences).
+exact over the classes of a small classifier batch, else one Gaussian projection per sample/token).
 """
 
 from __future__ import annotations
@@ -133,26 +133,35 @@ def fisher(eng: Engine, at: torch.Tensor | None = None, seed: int = 0) -> tuple[
     return g_sum / total, F_sum / total
 
 
+EXACT_ROWS = 128  # classifiers: exact over the classes while batch × classes stays below this
+
+
 def _fisher_outputs(out: Any, ref: Any, eng: Engine, i: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scalars r and weights w with Σ w ∇r ∇rᵀ = B × the Fisher of the distill loss (the Hessian of the
-    per-sample KL at α = 1).  Classifiers with ≤ 64 classes: exact, every class log-probability weighted by
-    its original probability.  Sequences: one sampled token label per position; the per-sequence sum of
-    the sampled NLL, weighted by 1/T (cross-token terms vanish in expectation)."""
+    """Scalars r and weights w with Σ w ∇r ∇rᵀ ≈ B × the Fisher of the distill loss (the Hessian of the
+    per-sample KL at α = 1: Jᵀ(diag p − ppᵀ)J with J = ∂logits/∂α).
+
+    Classifiers with batch × classes ≤ ``EXACT_ROWS``: exact, every class log-probability weighted by its
+    original probability.  Otherwise one Gaussian projection per position: r = Σ_t v_tᵀ logits_t with
+    v_t = (diag √p_t − p_t √p_tᵀ) z_t, z_t ~ N(0, I), whose covariance is diag p − ppᵀ; summed over the
+    tokens of a sequence and weighted by 1/T (cross-token terms vanish in expectation).  One backward
+    row per sample, with less variance than sampling labels."""
     from .losses import _token_mask
     from ..data import split_batch
 
     lg, lg_ref = logits_of(out), logits_of(ref)
     if lg is None or lg_ref is None:
         raise InputError("the Fisher variant of the distill loss needs logits (the model returns none)")
-    if lg.dim() == 2 and lg.shape[-1] <= 64:
+    if lg.dim() == 2 and lg.numel() <= EXACT_ROWS:
         return F.log_softmax(lg.float(), -1).flatten(), F.softmax(lg_ref.float(), -1).flatten()
-    probs = F.softmax(lg_ref.float().flatten(0, -2), -1).cpu()  # sample on the CPU: the generator lives there
-    y = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(lg.device)
-    nll = F.cross_entropy(lg.float().flatten(0, -2), y, reduction="none").view(lg.shape[:-1])
-    if nll.dim() == 1:
-        return nll, torch.ones_like(nll)
-    mask = _token_mask(split_batch(eng.batches[i])[0], nll.flatten(1))
-    return (nll.flatten(1) * mask).sum(1), 1 / mask.sum(1).clamp_min(1)
+    p = F.softmax(lg_ref.double(), -1)  # [..., K]
+    z = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.device)
+    sp = p.sqrt()
+    v = (sp * z - p * (sp * z).sum(-1, keepdim=True)).to(lg.dtype)  # (diag √p − p √pᵀ) z
+    r = (v * lg).sum(-1)  # [B] or [B, T]
+    if r.dim() == 1:
+        return r, torch.ones_like(r)
+    mask = _token_mask(split_batch(eng.batches[i])[0], r.flatten(1))
+    return (r.flatten(1) * mask).sum(1), 1 / mask.sum(1).clamp_min(1)
 
 
 def predict(g: torch.Tensor, H: torch.Tensor | None, idx: list[int]) -> float:
