@@ -127,7 +127,7 @@ class Gates:
         captured: dict = {}
         tap = Tap(self.model, merges=want_m, calls=want_c,
                   on_merge=lambda key, ops, res: captured.update({("ops", key): ops, ("res", key): res}),
-                  on_call=lambda key, x, y: captured.update({("in", key): x, ("out", key): y}))
+                  on_call=lambda key, x, y: captured.update({("in", key): x, ("out", key): y.clone()}))
         saved = self.alpha
         self.alpha = torch.zeros(len(self.candidates), device=self.device)
         try:

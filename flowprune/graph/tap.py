@@ -18,7 +18,7 @@ from .._tree import first_tensor, tensor_leaves
 from .recorder import MERGE_KIND, _flat_tensors, _is_internal, internal
 
 MergeFn = Callable[[tuple, list, torch.Tensor], None]  # (key, operands, result)
-CallFn = Callable[[str, torch.Tensor, torch.Tensor], None]  # (call key, primary input, primary output)
+CallFn = Callable[[str, torch.Tensor, torch.Tensor], None]  # (call key, primary input (a copy), primary output)
 
 
 class Tap(TorchFunctionMode):
@@ -70,7 +70,7 @@ class Tap(TorchFunctionMode):
         if key in self.calls and self.on_call is not None:
             outs = tensor_leaves(output)
             with internal():
-                self.on_call(key, x, outs[0].detach().clone() if outs else None)
+                self.on_call(key, x, outs[0].detach() if outs else None)  # a caller that keeps it copies it
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
