@@ -12,7 +12,6 @@ tokens/s (KV cache, 64 new tokens) before and after the same removals, against t
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from flowprune import Budget
 from flowprune.cli import default_model
 from flowprune.data import perplexity, python_docs
 from flowprune.plan import write_atomic
+from timing import median_seconds
 
 PLANS = [("loss", "greedy"), ("taylor2", "one_shot"), ("taylor2", "quadratic"), ("flow", "one_shot"),
          ("shortgpt", "one_shot"), ("llmdrop", "one_shot"), ("random", "one_shot")]
@@ -58,16 +58,6 @@ def quality() -> list[str]:
     return rows
 
 
-def _median_time(fn, repeats: int = 3) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def speed() -> list[str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -81,9 +71,9 @@ def speed() -> list[str]:
 
     def measure(m) -> tuple[float, float]:
         with torch.no_grad():
-            pre = _median_time(lambda: m(input_ids=prompt, use_cache=False))
+            pre = median_seconds(lambda: m(input_ids=prompt, use_cache=False))
             new = 64
-            dec = _median_time(lambda: m.generate(prompt[:, :16], max_new_tokens=new, min_new_tokens=new,
+            dec = median_seconds(lambda: m.generate(prompt[:, :16], max_new_tokens=new, min_new_tokens=new,
                                                   do_sample=False, pad_token_id=0), 2)
         return pre, new / dec
 

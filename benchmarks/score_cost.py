@@ -11,8 +11,6 @@ ablation ≤ 0.6 of naive.
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ import flowprune
 from flowprune.flow import information_flow
 from flowprune.graph.trace import call_model
 from flowprune.plan import write_atomic
+from timing import median_seconds
 from flowprune.score.ablation import ablate
 from flowprune.score.engine import Engine
 from flowprune.score.taylor import fisher, gradient_and_hessian
@@ -56,17 +55,6 @@ def resnet():
     return ResNet().eval(), [torch.randn(32, 3, 32, 32, generator=gen) for _ in range(4)]
 
 
-def _time(fn, repeats: int = 3) -> float:
-    if repeats > 1:
-        fn()  # warm-up (the expensive stages run once, after the cheap ones have warmed up)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def measure(name: str, model: nn.Module, batches: list) -> list[str]:
     graph = flowprune.trace(model, batches[0])
 
@@ -82,17 +70,17 @@ def measure(name: str, model: nn.Module, batches: list) -> list[str]:
             out.float().pow(2).mean().backward()
         model.zero_grad(set_to_none=True)
 
-    t_f, t_fb = _time(forward), _time(fwd_bwd)
+    t_f, t_fb = median_seconds(forward), median_seconds(fwd_bwd)
     with Engine(graph, batches, "distill", progress=False) as eng:
         C = len(eng.candidates)
-        t_flow = _time(lambda: information_flow(eng))
+        t_flow = median_seconds(lambda: information_flow(eng))
         eng.references()
         base = eng.loss()  # known before ablation in analyze: neither variant needs a base pass
-        t_rep = _time(lambda: ablate(eng, replay=True, base_loss=base), 1)
-        t_naive = _time(lambda: ablate(eng, replay=False, base_loss=base), 1)
-        t_g = _time(lambda: gradient_and_hessian(eng, hessian="none"), 1)
-        t_h = _time(lambda: gradient_and_hessian(eng, hessian="full"), 1)
-        t_fi = _time(lambda: fisher(eng), 1)
+        t_rep = median_seconds(lambda: ablate(eng, replay=True, base_loss=base), 1, warmup=False)
+        t_naive = median_seconds(lambda: ablate(eng, replay=False, base_loss=base), 1, warmup=False)
+        t_g = median_seconds(lambda: gradient_and_hessian(eng, hessian="none"), 1, warmup=False)
+        t_h = median_seconds(lambda: gradient_and_hessian(eng, hessian="full"), 1, warmup=False)
+        t_fi = median_seconds(lambda: fisher(eng), 1, warmup=False)
     return [
         f"| {name} | {C} | flow (one pass, all statistics) | {t_flow:.3f} | {t_flow / t_f:.2f} forwards |",
         f"| {name} | {C} | exact ablation, replay | {t_rep:.3f} | {t_rep / t_f:.1f} forwards = {t_rep / t_naive:.2f} × naive |",

@@ -10,7 +10,6 @@ building the graph; candidates are found lazily and timed separately).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import flowprune
 from flowprune.graph.trace import call_model
 from flowprune.plan import write_atomic
+from timing import median_seconds
 from flowprune.zoo import ZOO, ZooEntry
 
 
@@ -39,15 +39,6 @@ def _larger() -> dict[str, ZooEntry]:
     return {e.name: e for e in (llama(12, 256, 128), llama(12, 512, 256))}
 
 
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -59,8 +50,8 @@ def main() -> None:
         model, x = e.build(), e.inputs()
         with torch.no_grad():
             call_model(model, x)  # warm-up
-            fwd = _median(lambda: call_model(model, x), args.repeats)
-        tr = _median(lambda: flowprune.trace(model, x), args.repeats)
+            fwd = median_seconds(lambda: call_model(model, x), args.repeats)
+        tr = median_seconds(lambda: flowprune.trace(model, x), args.repeats)
         g = flowprune.trace(model, x)
         t0 = time.perf_counter()
         n = len(g.candidates())

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .engine import Engine, replay_sources
 from ..data import split_batch
-from .losses import distill_loss, kl_per_sample, logits_of
+from .losses import distill_loss, logits_of, reduce_per_sample
 
 
 def _reference_probs(ref):
@@ -20,7 +20,8 @@ def _reference_probs(ref):
     if lg is None:
         return None
     logp = F.log_softmax(lg.float(), -1)
-    return logp, lg.argmax(-1, keepdim=True)
+    pred = lg.argmax(-1, keepdim=True)
+    return logp, logp.exp(), pred, logp.gather(-1, pred).exp()
 
 
 def _metrics(eng: Engine, i: int, out, ref_probs) -> tuple[float, float, float]:
@@ -29,15 +30,15 @@ def _metrics(eng: Engine, i: int, out, ref_probs) -> tuple[float, float, float]:
     lg = logits_of(out)
     if ref_probs is None or lg is None or lg.shape != ref_probs[0].shape:
         return float(eng.batch_loss(i, out)), float("nan"), float("nan")
-    logp, pred = ref_probs
+    logp, p, pred, p_pred = ref_probs
     logq = F.log_softmax(lg.float(), -1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
+    kl = (p * (logp - logq)).sum(-1)  # per sample or token
     if eng.fn is distill_loss:
-        loss = float(kl_per_sample(logp, logq, split_batch(eng.batches[i])[0]).mean())
+        loss = float(reduce_per_sample(kl, split_batch(eng.batches[i])[0]).mean())
     else:
         loss = float(eng.batch_loss(i, out))
     flips = (lg.argmax(-1, keepdim=True) != pred).float()
-    dp = (logq.gather(-1, pred).exp() - logp.gather(-1, pred).exp()).abs()
+    dp = (logq.gather(-1, pred).exp() - p_pred).abs()
     return loss, float(kl.sum()), float((flips + dp).sum())
 
 

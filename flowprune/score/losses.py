@@ -77,10 +77,14 @@ def ce_loss(out: Any, batch: Any, ref: Any = None) -> torch.Tensor:
 
 def kl_per_sample(logp_ref: torch.Tensor, logq: torch.Tensor, inputs: Any) -> torch.Tensor:
     """KL(p_ref || q) from log-probabilities: per sample [B] (mean over valid tokens for sequences)."""
-    kl = (logp_ref.exp() * (logp_ref - logq)).sum(-1)  # [B] for classifiers, [B, T] for LMs
-    if kl.dim() == 1:
-        return kl
-    return _per_sample_mean(kl.flatten(1), _token_mask(inputs, kl.flatten(1)))
+    return reduce_per_sample((logp_ref.exp() * (logp_ref - logq)).sum(-1), inputs)
+
+
+def reduce_per_sample(values: torch.Tensor, inputs: Any) -> torch.Tensor:
+    """[B] values as they are; [B, T, ...] token values -> their mean over valid tokens, per sample."""
+    if values.dim() == 1:
+        return values
+    return _per_sample_mean(values.flatten(1), _token_mask(inputs, values.flatten(1)))
 
 
 def distill_loss(out: Any, batch: Any, ref: Any) -> torch.Tensor:
