@@ -56,12 +56,14 @@ class _Stats:
         self.y_l1 += float(y.abs().sum())
         yr = _rows(y)
         y_norm = yr.norm(dim=1)
+        ops = [z.float() for z in ops]
+        # y − z_i: for two same-shape terms it is the other term (no subtraction, no new tensor)
+        pair = len(ops) == 2 and all(z.shape == y.shape for z in ops)
         for i, z in enumerate(ops):
-            z = z.float()
             self.sq[i] += float(z.pow(2).sum())
             if z.shape != y.shape:  # a concat input: only its energy share is defined
                 continue
-            rest = _rows(y - z)
+            rest = _rows(ops[1 - i] if pair else y - z)
             self.l1_rest[i] += float(rest.abs().sum())
             if i not in self.focus:
                 continue
