@@ -72,11 +72,15 @@ class Gates:
 
     def _hook(self, i: int, c: Candidate):
         def branch(module, args, kwargs, output):
+            if not self._active[i]:
+                return None
             with internal():
                 a = self.alpha[i]
                 return replace_tensor_leaf(output, c.out_index, lambda y: y * a.to(device=y.device, dtype=y.dtype))
 
         def layer(module, args, kwargs, output):
+            if not self._active[i]:
+                return None
             with internal():
                 a = self.alpha[i]
                 x = first_tensor(args, kwargs)
@@ -85,6 +89,19 @@ class Gates:
         fn = branch if c.kind == "branch" else layer
         fn._flowprune_gate = True  # apply() strips these from the copies it makes
         return fn
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """Gate values [C]; any tensor of that shape (one that requires grad too) may be assigned."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: torch.Tensor) -> None:
+        self._alpha = value
+        # a gate at exactly 1 without gradient changes nothing: its hook returns early (one check per
+        # assignment, not one device sync per hook call)
+        self._active = [True] * len(value) if value.requires_grad or value.dim() != 1 else \
+            (value.detach() != 1).tolist()
 
     @property
     def index(self) -> dict[str, int]:
