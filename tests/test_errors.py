@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import flowprune
-from toys import Raises
+from support import Raises
 
 
 def test_model_that_raises_names_the_module():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import flowprune
-from toys import Biased, Parallel, Residual, Stack
+from support import Biased, Parallel, Residual, Stack
 
 X = torch.randn(3, 4)
 

@@ -11,7 +11,7 @@ import flowprune
 from flowprune import Budget
 from flowprune.data import perplexity, python_docs, python_docs_text, wikitext
 from flowprune.zoo import ZOO
-from toys import Residual
+from support import Residual
 
 
 def byte_tokenizer(text):

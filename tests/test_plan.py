@@ -9,7 +9,7 @@ import torch
 
 import flowprune
 from flowprune.graph.removal import Replacement
-from toys import Stack
+from support import Stack
 
 X = torch.randn(3, 4)
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import flowprune
-from toys import Concat, InplaceResidual, Parallel, PreNorm, Residual, Reuse, Stack, TwoHeads
+from support import Concat, InplaceResidual, Parallel, PreNorm, Residual, Reuse, Stack, TwoHeads
 
 X = torch.randn(3, 4)
 
