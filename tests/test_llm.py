@@ -119,3 +119,16 @@ def test_acceptance_greedy_loss_beats_shortgpt_and_random_on_a_trained_llama():
         ppl[name] = perplexity(flowprune.apply(m, report.plan(budget, criterion=crit, strategy=strat)), held)
     base = perplexity(m, held)
     assert base < ppl["greedy"] < ppl["shortgpt"] and ppl["greedy"] < ppl["random"], (base, ppl)
+
+
+def test_bfloat16_model_end_to_end():
+    m = ZOO["llama"].build().to(torch.bfloat16)
+    data = [{"input_ids": torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))}]
+    rep = flowprune.analyze(m, data, criteria=("flow", "loss", "taylor2"), progress=False)
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["taylor2"]) for r in rep.candidates)
+    small = flowprune.apply(m, rep.plan(Budget(count=2), fill="linear"), data=data)
+    with torch.no_grad():
+        out = small(**data[0]).logits
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    zero = flowprune.apply(m, rep.plan(Budget(count=2)))  # zero fill: the rewrite is what the gates measured
+    assert rep.measure_model(zero) == pytest.approx(rep.plans[-1]["measured"], abs=1e-6)
