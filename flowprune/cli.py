@@ -28,7 +28,11 @@ CRITERIA = ("loss", "taylor2", "taylor2_diag", "taylor1", "fisher", "flow", "ene
 
 
 def default_model() -> Path:
-    """The tiny Llama trained on CPython's docs that ships with flowprune (``data/tiny-llama-pydocs``)."""
+    """The tiny Llama trained on CPython's docs that ships with flowprune (``data/tiny-llama-pydocs``):
+    installed as the package ``flowprune._assets``, or beside the package in a source checkout."""
+    checkout = Path(__file__).resolve().parents[1] / "data" / "tiny-llama-pydocs"
+    if checkout.is_dir():
+        return checkout
     from importlib.resources import files
 
     return Path(str(files("flowprune._assets") / "tiny-llama-pydocs"))
