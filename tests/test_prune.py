@@ -39,14 +39,25 @@ def test_budgets_are_met(report):
     assert report.plans[-1]["measured"] <= ceiling and len(g.removals) >= 1
 
 
-def test_quadratic_is_checked_by_exact_evaluation(report):
-    plan = report.plan(Budget(count=3), strategy="quadratic")
-    rec = report.plans[-1]
-    ids = [r.id for r in plan.removals]
-    assert rec["predicted"] == pytest.approx(report.predict(ids))
-    assert rec["measured"] == pytest.approx(report.measure(ids), abs=1e-9)
-    # never a layer together with a branch inside it
-    assert not any(a != b and b.startswith(a.split(":")[0] + ".") for a in ids for b in ids)
+def _overlap(a, b):
+    pa, pb = a.split(":")[0], b.split(":")[0]
+    return pa == pb or pa.startswith(pb + ".") or pb.startswith(pa + ".")
+
+
+def test_quadratic_finds_the_best_predicted_set_and_measures_it(report):
+    import itertools
+
+    ids_all = [r["id"] for r in report.candidates]
+    for k in (2, 3):
+        plan = report.plan(Budget(count=k), strategy="quadratic")
+        ids = [r.id for r in plan.removals]
+        assert not any(_overlap(a, b) for a, b in itertools.combinations(ids, 2))  # no layer + its branch
+        best = min(report.predict(list(c)) for c in itertools.combinations(ids_all, k)
+                   if not any(_overlap(a, b) for a, b in itertools.combinations(c, 2)))
+        assert report.predict(ids) == pytest.approx(best, abs=1e-12)  # brute force over all valid sets
+        rec = report.plans[-1]
+        assert rec["predicted"] == pytest.approx(best)
+        assert rec["measured"] == pytest.approx(report.measure(ids), abs=1e-9)
 
 
 def test_prune_returns_a_smaller_model_whose_loss_change_is_the_reports():

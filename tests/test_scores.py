@@ -107,7 +107,6 @@ def test_a_zero_branch_scores_zero_everywhere_and_ranks_first():
 
 def test_energy_share_by_hand():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Identity())  # placeholder to keep the seed use explicit
 
     class R(nn.Module):
         def __init__(self):
