@@ -98,7 +98,7 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
     import transformers
     from safetensors.torch import load_file
 
-    from .rewrite.apply import make_stub
+    from .rewrite.rewriter import make_stub
 
     directory = Path(directory)
     config = transformers.AutoConfig.from_pretrained(directory)

@@ -1,6 +1,6 @@
 """Rewriting a model so a plan's removals are physically gone."""
 
-from .apply import apply, apply_
+from .rewriter import apply, apply_
 from .stubs import Removed
 
 __all__ = ["apply", "apply_", "Removed"]
