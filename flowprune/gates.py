@@ -22,7 +22,7 @@ import torch
 
 from ._tree import first_tensor, replace_tensor_leaf
 from .graph import Candidate, FlowGraph
-from .graph.recorder import internal
+from .graph.internal import internal
 from .graph.tap import Tap
 from .graph.trace import call_model, eval_mode
 

@@ -12,44 +12,19 @@ the mutated object, so a residual input never looks as if the op that mutated a 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import networkx as nx
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .._tree import NotStubbable, encode, first_tensor, tensor_leaves
+from .callstack import CallStack
 from .flops import op_flops, rnn_flops
-
-MERGE_KIND = {
-    "add": "add", "add_": "add", "__add__": "add", "__radd__": "add", "__iadd__": "add",
-    "mul": "mul", "mul_": "mul", "__mul__": "mul", "__rmul__": "mul", "__imul__": "mul",
-    "cat": "cat", "concat": "cat", "concatenate": "cat",
-}
-_INPLACE_DUNDER = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__setitem__", "__ior__", "__iand__"}
-
-_state = threading.local()
-
-
-@contextmanager
-def internal() -> Iterator[None]:
-    """Ops run inside this block (gate arithmetic, recorder bookkeeping) are invisible to recorders."""
-    prev = getattr(_state, "internal", False)
-    _state.internal = True
-    try:
-        yield
-    finally:
-        _state.internal = prev
-
-
-def _is_internal() -> bool:
-    return getattr(_state, "internal", False)
+from .internal import INPLACE_DUNDER, flat_tensors, internal, is_internal
 
 
 @dataclass(frozen=True)
@@ -105,33 +80,16 @@ class CallRecord:
         return f"{self.path}#{self.k}"
 
 
-def _flat_tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    out = []
-    for x in list(args) + list(kwargs.values()):
-        if isinstance(x, torch.Tensor):
-            out.append(x)
-        elif isinstance(x, (list, tuple)):
-            out.extend(v for v in x if isinstance(v, torch.Tensor))
-    return out
-
-
-class Recorder(TorchFunctionMode):
+class Recorder(CallStack):
     """Hooks every module of ``model`` and records the graph of one forward."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.paths = {}
-        for name, m in model.named_modules():
-            self.paths.setdefault(m, name)
+        super().__init__(model)
         self.graph = nx.DiGraph()
         self.calls: list[CallRecord] = []
         self.merges: list[MergeRecord] = []
         self.consumers: dict[int, set[str]] = {}
-        self.stack: list[CallRecord] = []
         self.metas = WeakTensorKeyDictionary()  # tensor -> Meta; entries go with their tensors (memory)
-        self.ncalls: dict[nn.Module, int] = {}
-        self._handles: list = []
         self._merge_counts: dict[tuple, int] = {}
         self._events = 0
 
@@ -170,26 +128,12 @@ class Recorder(TorchFunctionMode):
         metas = [m for t in tensor_leaves(out) if (m := self.meta(t)) is not None]
         self._consume("output", metas)
 
-    # -- module hooks ----------------------------------------------------------------------------
-    def install(self) -> None:
-        for m in self.paths:
-            self._handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
-            self._handles.append(m.register_forward_hook(self._post, with_kwargs=True))
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if _is_internal() or (self.stack and self.stack[-1].leaf):
-            return
+    # -- module calls ------------------------------------------------------------------------------
+    def open_frame(self, module: nn.Module, path: str, k: int, leaf: bool, args: tuple, kwargs: dict) -> CallRecord:
         with internal():
-            k = self.ncalls.get(module, 0)
-            self.ncalls[module] = k + 1
             parent = self.stack[-1] if self.stack else None
-            rec = CallRecord(cid=len(self.calls), path=self.paths.get(module, "?"), type_name=type(module).__name__,
-                             k=k, parent=parent.cid if parent else None, leaf=len(module._modules) == 0)
+            rec = CallRecord(cid=len(self.calls), path=path, type_name=type(module).__name__,
+                             k=k, parent=parent.cid if parent else None, leaf=leaf)
             if parent:
                 parent.children.append(rec.cid)
             rec.start = self._events
@@ -199,15 +143,12 @@ class Recorder(TorchFunctionMode):
                 m = self.meta(x)
                 rec.in_producers = m.producers if m else frozenset()
                 rec.in_shape, rec.in_dtype = tuple(x.shape), x.dtype
-            rec._in_metas = [(t, m) for t in _flat_tensors(args, kwargs) if (m := self.meta(t)) is not None]
+            rec._in_metas = [(t, m) for t in flat_tensors(args, kwargs) if (m := self.meta(t)) is not None]
             self.calls.append(rec)
-            self.stack.append(rec)
+            return rec
 
-    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if _is_internal() or not self.stack or self.paths.get(module) != self.stack[-1].path:
-            return
+    def close_frame(self, rec: CallRecord, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         with internal():
-            rec = self.stack.pop()
             rec.end = self._events
             self._events += 1
             outs = tensor_leaves(output)
@@ -251,15 +192,11 @@ class Recorder(TorchFunctionMode):
     # -- function mode ---------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _is_internal() or not self.stack:
+        if is_internal() or not self.stack:
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         top = self.stack[-1]
-        kind = None if top.leaf else MERGE_KIND.get(name)
-        key = None
-        if kind is not None:
-            key = (top.key, top.raw_merges)
-            top.raw_merges += 1
+        kind, key = self.next_merge(name) or (None, None)
         out = func(*args, **kwargs)
         with internal():
             f = op_flops(name, args, kwargs, out)
@@ -271,7 +208,7 @@ class Recorder(TorchFunctionMode):
         return out
 
     def _track(self, name: str, kind: str | None, key: tuple | None, args: tuple, kwargs: dict, out: Any) -> None:
-        ins = [(t, m) for t in _flat_tensors(args, kwargs) if (m := self.meta(t)) is not None and m.producers]
+        ins = [(t, m) for t in flat_tensors(args, kwargs) if (m := self.meta(t)) is not None and m.producers]
         if not ins:
             return
         operands = self._merge_operands(kind, args, kwargs)
@@ -293,7 +230,7 @@ class Recorder(TorchFunctionMode):
                        ins[0][1].origin if len(ins) == 1 else None)
         for t in tensor_leaves(out) if isinstance(out, (torch.Tensor, tuple, list)) else []:
             self.set_meta(t, new)
-        inplace = (name.endswith("_") and not name.startswith("_")) or name in _INPLACE_DUNDER
+        inplace = (name.endswith("_") and not name.startswith("_")) or name in INPLACE_DUNDER
         target = kwargs.get("out") if isinstance(kwargs.get("out"), torch.Tensor) else (args[0] if inplace and args and isinstance(args[0], torch.Tensor) else None)
         if target is not None:
             self.set_meta(target, new)
