@@ -17,6 +17,11 @@ from torch.overrides import TorchFunctionMode
 from .internal import MERGE_KIND, internal, is_internal
 
 
+def call_key(path: str, k: int) -> str:
+    """The name of the k-th call of module ``path`` in a forward."""
+    return f"{path}#{k}"
+
+
 class CallStack(TorchFunctionMode):
     """Module hooks keeping a stack of frames (``open_frame``/``close_frame`` are the subclass's)."""
 
@@ -64,7 +69,7 @@ class CallStack(TorchFunctionMode):
         if kind is None:
             return None
         top = self.stack[-1]
-        key = (f"{top.path}#{top.k}", top.raw_merges)
+        key = (call_key(top.path, top.k), top.raw_merges)
         top.raw_merges += 1
         return kind, key
 

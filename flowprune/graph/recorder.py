@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .._tree import NotStubbable, encode, first_tensor, tensor_leaves
-from .callstack import CallStack
+from .callstack import CallStack, call_key
 from .flops import op_flops, rnn_flops
 from .internal import INPLACE_DUNDER, flat_tensors, internal, is_internal
 
@@ -77,7 +77,7 @@ class CallRecord:
 
     @property
     def key(self) -> str:
-        return f"{self.path}#{self.k}"
+        return call_key(self.path, self.k)
 
 
 class Recorder(CallStack):

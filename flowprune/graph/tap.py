@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .._tree import first_tensor, tensor_leaves
-from .callstack import CallStack
+from .callstack import CallStack, call_key
 from .internal import flat_tensors, internal, is_internal
 
 MergeFn = Callable[[tuple, list, torch.Tensor], None]  # (key, operands, result)
@@ -51,14 +51,14 @@ class Tap(CallStack):
         return super().__exit__(*exc)
 
     def open_frame(self, module: nn.Module, path: str, k: int, leaf: bool, args: tuple, kwargs: dict) -> _Frame:
-        x = first_tensor(args, kwargs) if f"{path}#{k}" in self.calls else None
+        x = first_tensor(args, kwargs) if call_key(path, k) in self.calls else None
         if x is not None:  # later in-place ops may change it
             with internal():
                 x = x.detach().clone()
         return _Frame(path, k, leaf, x)
 
     def close_frame(self, frame: _Frame, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        key = f"{frame.path}#{frame.k}"
+        key = call_key(frame.path, frame.k)
         if key in self.calls and self.on_call is not None:
             outs = tensor_leaves(output)
             with internal():
