@@ -127,16 +127,19 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
 
 def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, criterion: str = "loss",
           strategy: str = "greedy", loss: LossSpec = "distill", fill: str = "zeros", kind: str = "all",
-          num_samples: int | None = None, progress: bool = True) -> tuple[nn.Module, Report]:
+          criteria: Sequence[str] = (), num_samples: int | None = None,
+          progress: bool = True) -> tuple[nn.Module, Report]:
     """Analyze, plan under ``budget`` and rewrite: returns (pruned copy of ``model``, report).
     ``fill``: what replaces removed branches ("zeros", "mean", "linear": fitted on ``data``); ``kind``:
-    "all", "branch" (sublayers only) or "layer".  The report's last plan holds the predicted and measured
-    ΔL, and ``measured_rewritten``: the loss change of the returned model itself.
+    "all", "branch" (sublayers only) or "layer"; ``criteria``: more analyses for the report beyond what
+    ``criterion`` needs.  The report's last plan holds the predicted and measured ΔL, and
+    ``measured_rewritten``: the loss change of the returned model itself; the Plan applied is
+    ``pruned.flowprune_plans[-1]``.
 
     >>> small, report = flowprune.prune(model, batches, Budget(count=2))
     """
-    report = analyze(model, data, loss=loss, criteria=criteria_for(criterion, strategy), num_samples=num_samples,
-                     progress=progress)
+    report = analyze(model, data, loss=loss, criteria=criteria_for(criterion, strategy, criteria),
+                     num_samples=num_samples, progress=progress)
     if kind != "all":
         report.restrict(kind)
     plan = report.plan(budget, criterion=criterion, strategy=strategy, fill=fill)

@@ -138,8 +138,7 @@ def _table(report, n: int = 40) -> str:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from . import analyze, apply
-    from .api import criteria_for
+    from . import prune
     from .data import perplexity
     from .plan import write_atomic
     from .saving import save_pretrained
@@ -149,15 +148,12 @@ def _prune(args: argparse.Namespace) -> int:
     model, tok, calib, held, src = _load(args)
     if args.unit == "count" and (args.budget < 1 or args.budget != int(args.budget)):
         raise InputError(f"--unit count needs a whole number of removals, e.g. --budget 2 (got {args.budget})")
-    needs = criteria_for(args.criterion, args.strategy, [c.strip() for c in args.criteria.split(",") if c.strip()])
     budget = Budget(**{"params": {"params": args.budget}, "flops": {"flops": args.budget},
                        "count": {"count": int(args.budget)}, "loss": {"max_loss_increase": args.budget}}[args.unit])
-    report = analyze(model, calib, loss=args.loss, criteria=needs, progress=not args.no_progress)
-    if args.kind != "all":
-        report.restrict(args.kind)
-    plan = report.plan(budget, criterion=args.criterion, strategy=args.strategy, fill=args.fill)
-    small = apply(model, plan, data=calib)
-    report.plans[-1]["measured_rewritten"] = report.measure_model(small)
+    small, report = prune(model, calib, budget, criterion=args.criterion, strategy=args.strategy, loss=args.loss,
+                          fill=args.fill, kind=args.kind, progress=not args.no_progress,
+                          criteria=[c.strip() for c in args.criteria.split(",") if c.strip()])
+    plan = small.flowprune_plans[-1]
     out: dict[str, Any] = {"model": src, "plan": json.loads(plan.to_json()), "last": report.plans[-1],
                            "params_before": sum(p.numel() for p in model.parameters()),
                            "params_after": sum(p.numel() for p in small.parameters())}
