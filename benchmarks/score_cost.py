@@ -8,10 +8,19 @@ ablation only), whose LM head is a smaller share of the compute, as in real LLMs
 plain ``model(batch)`` under no_grad over all batches; "fwd+bwd" adds a backward to the parameters.  Flow and ablation are
 divided by forward, the Taylor stages by fwd+bwd.  Targets (issue 3): flow ≤ 1.3 forwards; replayed
 ablation ≤ 0.6 of naive.
+
+Allocator: glibc returns freed memory to the system between passes and page-faults it back in; which
+variant pays how much for that depends on the allocator's state, not on the work done (one run showed
+replayed ablation with 10⁵ minor faults and naive with none, and the next the reverse).  The script
+therefore re-runs itself with glibc's trim and mmap thresholds fixed (``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_MMAP_THRESHOLD_``), as production PyTorch CPU setups fix or replace the allocator;
+``--system-malloc`` keeps the machine's defaults.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -102,7 +111,13 @@ def measure(name: str, model: nn.Module, batches: list, taylor: bool = True) -> 
     ]
 
 
+FIXED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2 ** 31), "MALLOC_MMAP_THRESHOLD_": str(2 ** 31)}
+
+
 def main() -> None:
+    system = "--system-malloc" in sys.argv
+    if not system and any(os.environ.get(k) != v for k, v in FIXED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **FIXED_MALLOC})
     torch.set_num_threads(2)
     rows = ["| model | candidates | stage | seconds | relative cost |", "|---|---:|---|---:|---|"]
     for name, make, taylor in (("llama 12x256", llama, True), ("resnet 8 blocks", resnet, True),
@@ -110,8 +125,10 @@ def main() -> None:
         new = measure(name, *make(), taylor=taylor)
         rows += new
         print("\n".join(new), flush=True)
-    text = f"torch {torch.__version__}, {torch.get_num_threads()} threads\n\n" + "\n".join(rows) + "\n"
-    write_atomic(Path(__file__).parent / "results" / "score_cost.md", text)
+    alloc = "glibc defaults" if system else "glibc trim/mmap thresholds fixed"
+    text = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {alloc}\n\n" + "\n".join(rows) + "\n"
+    name = "score_cost_system_malloc.md" if system else "score_cost.md"
+    write_atomic(Path(__file__).parent / "results" / name, text)
     print("\n" + text)
 
 

@@ -11,6 +11,7 @@ from flowprune.score.ablation import ablate
 from flowprune.score.engine import Engine
 from flowprune.score.taylor import gradient_and_hessian, predict
 from flowprune.zoo import ZOO
+from support import MutatingStack
 
 
 class Quadratic(nn.Module):
@@ -147,6 +148,22 @@ def test_replayed_ablation_equals_naive(name):
             assert c[cid]["kl"] == pytest.approx(b[cid]["kl"], abs=1e-6, nan_ok=True)
         last = eng.candidates[-1].id
         assert abs(a[last]["loss"] - (eng.loss([last]) - base)) < 1e-6
+
+
+def test_replay_survives_in_place_writes_into_recordings():
+    """Blocks that write into their (replayed) input: a recording changed in place is dropped, never
+    reused, so replay still equals naive ablation, batch after batch."""
+    torch.manual_seed(0)
+    m = MutatingStack().eval()
+    xs = [torch.randn(6, 4) for _ in range(3)]
+    graph = flowprune.trace(m, xs[0])
+    with Engine(graph, xs, "distill", progress=False) as eng:
+        base = eng.loss()
+        a, b = ablate(eng, replay=True, base_loss=base), ablate(eng, replay=False, base_loss=base)
+        assert len(a) >= 3
+        for cid in a:
+            assert a[cid]["loss"] == pytest.approx(b[cid]["loss"], abs=1e-6)
+            assert a[cid]["loss"] == pytest.approx(eng.loss([cid]) - base, abs=1e-6)
 
 
 def test_report_fidelity_json_and_markdown(tmp_path):

@@ -42,6 +42,15 @@ def _metrics(eng: Engine, i: int, out, ref_probs) -> tuple[float, float, float]:
     return loss, float(kl.sum()), float((flips + dp).sum())
 
 
+def _own(eng: Engine, c, deepest) -> list[str]:
+    """``c``'s own module when its recording from the deepest candidate's pass is exact (it finishes
+    before that candidate starts and is called once).  Gated at α = 0 its output no longer depends on
+    what it computes (a branch gives y·0, a layer x + 0·(y − x) = x), so its recording stands in for it
+    and the ablated pass skips the removed part too."""
+    me, first = eng.graph.call(c.cid), eng.graph.call(deepest.cid)
+    return [c.path] if me.end < first.start and len(eng.graph.calls_of(c.path)) == 1 else []
+
+
 def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = (), replay: bool = True,
            progress: bool | None = None, base_loss: float | None = None) -> dict[str, dict[str, float]]:
     """For each candidate in ``ids`` (default: all), with ``base`` already removed: the exact loss
@@ -54,7 +63,7 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
     cands = [c for c in eng.candidates if (ids is None or c.id in set(ids)) and c.id not in set(base)]
     cands.sort(key=lambda c: eng.graph.call(c.cid).start, reverse=True)  # deepest first
     eng.references()
-    sources = {c.id: replay_sources(eng.graph, c) if replay else [] for c in cands}
+    sources = {c.id: replay_sources(eng.graph, c) + _own(eng, c, cands[0]) if replay else [] for c in cands}
     wanted = set().union(*sources.values()) if sources else set()
     sums = {c.id: {"loss": 0.0, "kl": 0.0, "spvr": 0.0} for c in cands}
     measured_base = 0.0

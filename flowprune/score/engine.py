@@ -62,6 +62,7 @@ class Engine:
         self.progress = progress
         self.refs: list[Any] = []  # original-model outputs per batch (α = 1)
         self._extra = self.extra_kwargs(self.model)
+        self._modules = dict(self.model.named_modules())
         self._ctx: list = []
 
     # -- context: eval mode, gates installed, parameters frozen -------------------------------------
@@ -149,39 +150,49 @@ class Engine:
             return self.mean([self.batch_loss(i, self.run(i)) for i in range(len(self.batches))])
 
     # -- replay ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _versions(obj: Any) -> list[int]:
+        return [t._version for t in tensor_leaves(obj)]
+
     @contextmanager
     def recording(self, paths: set[str]) -> Iterator[dict]:
-        """Record the (gated) outputs of modules ``paths`` during the forwards in the block."""
+        """Record the (gated) outputs of modules ``paths`` during the forwards in the block.
+
+        The outputs are kept as they are, not copied: an output that is modified in place later in the
+        pass (``relu_(bn(x))``; its version counter moves) is dropped on exit, and its module simply runs
+        again in the replayed passes."""
         store: dict[str, Any] = {}
-        modules = dict(self.model.named_modules())
-        hooks = [modules[p].register_forward_hook(lambda m, a, out, p=p: store.__setitem__(p, _clone(out)))
-                 for p in paths]
+        seen: dict[str, list[int]] = {}
+
+        def keep(p: str, out: Any) -> None:
+            store[p], seen[p] = out, self._versions(out)
+
+        hooks = [self._modules[p].register_forward_hook(lambda m, a, out, p=p: keep(p, out)) for p in paths]
         try:
             yield store
         finally:
             for h in hooks:
                 h.remove()
+            for p in [p for p in store if self._versions(store[p]) != seen[p]]:
+                del store[p]
 
     @contextmanager
     def replaying(self, store: dict, paths: Sequence[str]) -> Iterator[None]:
-        """Modules ``paths`` return their recorded outputs instead of running.  The recordings are handed
-        out as they are (no copy per pass); one modified in place downstream (``out += identity``) is
-        restored from a pristine copy after the pass."""
-        modules = dict(self.model.named_modules())
-        pristine = store.setdefault("__pristine__", {})
-        own = {p: vars(modules[p]).get("forward") for p in paths}  # e.g. accelerate's wrappers
+        """Modules ``paths`` return their recorded outputs instead of running (those without a recording
+        run as usual).  The recordings are handed out as they are; one that a later module modifies in
+        place (``x += f(x)`` on a replayed input) is dropped after the pass, so it is never reused."""
+        paths = [p for p in paths if p in store]
+        own = {p: vars(self._modules[p]).get("forward") for p in paths}  # e.g. accelerate's wrappers
+        versions = {p: self._versions(store[p]) for p in paths}
         for p in paths:
-            if p not in pristine:
-                pristine[p] = _clone(store[p])
-            modules[p].forward = (lambda *a, _p=p, **k: store[_p])
-        versions = {p: [t._version for t in tensor_leaves(store[p])] for p in paths}
+            self._modules[p].forward = (lambda *a, _o=store[p], **k: _o)
         try:
             yield
         finally:
             for p in paths:
                 if own[p] is None:
-                    del modules[p].forward
+                    del self._modules[p].forward
                 else:
-                    modules[p].forward = own[p]
-                if [t._version for t in tensor_leaves(store[p])] != versions[p]:
-                    store[p] = _clone(pristine[p])
+                    self._modules[p].forward = own[p]
+                if self._versions(store[p]) != versions[p]:
+                    del store[p]

@@ -129,3 +129,30 @@ class Raises(nn.Module):
 
     def forward(self, x):
         return self.inner(x)
+
+
+class MutatingBlock(nn.Module):
+    """``x += fc(relu_(x))``: mutates its input (a replayed recording) in place, twice."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x):
+        h = self.fc(self.norm(x).relu_())
+        x += h
+        return x
+
+
+class MutatingStack(nn.Module):
+    """Three MutatingBlocks after an input layer: every block writes into the previous block's output."""
+
+    def __init__(self, d: int = 4, n: int = 3):
+        super().__init__()
+        self.inp = nn.Linear(d, d)
+        self.blocks = nn.Sequential(*[MutatingBlock(d) for _ in range(n)])
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.inp(x)))
