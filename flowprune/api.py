@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Mapping
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from ._version import __version__
-from .data import as_batches, split_batch
+from .data import as_batches, batch_size, split_batch
 from .errors import InputError
 from .graph import trace
 from .plan import fingerprint
-from .report import Report, agreement
+from .report import SCHEMA, Report, agreement
+from .report.graphdata import graph_data
 from .rewrite import apply
 from .score.engine import Engine
 from .score.losses import LossSpec
@@ -80,8 +83,9 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
             timings[name] = time.perf_counter() - t0
             return res
 
+        flows: dict = {}
         if "flow" in criteria:
-            for cid, v in stage("flow", lambda: information_flow(eng)).items():
+            for cid, v in stage("flow", lambda: information_flow(eng, flows)).items():
                 cols[cid].update(v)
         eng.references()
         base = eng.loss()
@@ -115,13 +119,14 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
     rank = {c.id: i + 1 for i, c in enumerate(order)}
     rows = [{"id": c.id, "kind": c.kind, "path": c.path, "params": c.params, "flops": c.flops,
              **{n: cols[c.id].get(n) for n in names}, "rank": rank[c.id]} for c in cands]
-    data = {"schema": 1, "version": __version__, "model_class": type(model).__name__,
+    data = {"schema": SCHEMA, "version": __version__, "model_class": type(model).__name__,
             "fingerprint": fingerprint(model), "loss": loss if isinstance(loss, str) else "callable",
             "base_loss": base, "num_samples": sum(eng.sizes), "total_params": graph.total_params,
             "total_flops": graph.total_flops, "criteria": names, "rank_by": primary, "candidates": rows,
             "fidelity": agreement(rows, names), "g": None if g is None else g.tolist(),
             "H": None if H is None else H.tolist(), "hessian_kind": hessian_kind, "plans": [],
-            "dropped": dict(eng.gates.failed), "timings": timings}
+            "dropped": dict(eng.gates.failed), "timings": timings, "curves": [],
+            "graph": graph_data(graph, cands, flows)}
     return Report(data, eng)
 
 
@@ -145,4 +150,25 @@ def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, c
     plan = report.plan(budget, criterion=criterion, strategy=strategy, fill=fill)
     pruned = apply(model, plan, data=report._engine.batches)
     report.plans[-1]["measured_rewritten"] = report.measure_model(pruned)
+    x = report._engine.inputs(0)
+    report.plans[-1]["latency"] = {"before": latency(model, x), "after": latency(pruned, x),
+                                   "batch": batch_size(report._engine.batches[0])}
     return pruned, report
+
+
+def latency(model: nn.Module, inputs: Any, repeats: int = 5) -> float:
+    """Median seconds of one ``model(inputs)`` under no_grad in eval mode, after one warm-up call.
+
+    >>> latency(model, batch)
+    0.0123
+    """
+    from .graph.trace import call_model, eval_mode
+
+    times = []
+    with torch.no_grad(), eval_mode(model):
+        for k in range(repeats + 1):
+            t = time.perf_counter()
+            call_model(model, inputs)
+            if k:  # the first call warms caches and lazy initialisation
+                times.append(time.perf_counter() - t)
+    return statistics.median(times)

@@ -4,10 +4,14 @@
     flowprune prune --model DIR_OR_HUB_ID --data wikitext2 --budget 0.25 --criterion loss \\
                     --strategy greedy --fill mean --out pruned/
     flowprune analyze --model zoo:resnet_basic --json
-    flowprune report out/report.json --md report.md
-    flowprune zoo
+    flowprune report out/report.json --html report.html --md report.md
+    flowprune zoo --json
 
-Exit codes: 0 success; 2 bad input (one line on stderr naming the cause and the fix); 1 unexpected error.
+Every command takes --json (one JSON document on stdout instead of tables).  analyze and prune share
+their flags and write report.json, report.md and report.html into --out.
+
+Exit codes: 0 success; 2 bad input or usage (one line on stderr naming the cause and the fix);
+1 unexpected error (a Python traceback).
 """
 
 from __future__ import annotations
@@ -49,8 +53,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=32, help="calibration sequences (default 32)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--out", type=Path, default=Path("flowprune-out"), help="output directory (default flowprune-out)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    p.add_argument("--criteria", default="flow,loss,taylor2",
+                   help="analyses computed for the report (default flow,loss,taylor2)")
+    p.add_argument("--curves", type=int, default=6, metavar="K",
+                   help="measure loss against 1..K removals per strategy for the report (default 6; 0: none)")
+    _json(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,15 +82,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="what replaces a removed branch (default zeros)")
     pr.add_argument("--kind", default="all", choices=("all", "branch", "layer"),
                     help="remove only sublayers (branch), only whole layers, or both (default all)")
-    pr.add_argument("--criteria", default="flow,loss,taylor2",
-                    help="criteria computed for the report (default flow,loss,taylor2); --criterion is added")
-    an = sub.add_parser("analyze", help="score every candidate; write report.json and report.md")
+    an = sub.add_parser("analyze", help="score every candidate; write report.json, report.md and report.html")
     _common(an)
-    an.add_argument("--criteria", default="flow,loss,taylor2", help="comma-separated (default flow,loss,taylor2)")
-    rp = sub.add_parser("report", help="render a report.json as Markdown")
-    rp.add_argument("report", type=Path)
-    rp.add_argument("--md", type=Path, default=None, help="write Markdown here (default: print it)")
-    sub.add_parser("zoo", help="list the built-in example models (use as --model zoo:NAME)")
+    rp = sub.add_parser("report", help="render a report.json as HTML and/or Markdown")
+    rp.add_argument("report", type=Path, help="a report.json written by analyze or prune")
+    rp.add_argument("--html", type=Path, default=None, help="write the HTML report (figures embedded) here")
+    rp.add_argument("--md", type=Path, default=None, help="write the Markdown report here")
+    rp.add_argument("--criterion", default=None, choices=CRITERIA,
+                    help="colour the flow graph by this criterion (default: the report's ranking)")
+    _json(rp)
+    zo = sub.add_parser("zoo", help="list the built-in example models (use as --model zoo:NAME)")
+    _json(zo)
     return p
 
 
@@ -140,7 +154,6 @@ def _table(report, n: int = 40) -> str:
 def _prune(args: argparse.Namespace) -> int:
     from . import prune
     from .data import perplexity
-    from .plan import write_atomic
     from .saving import save_pretrained
     from .solve import Budget
 
@@ -164,8 +177,7 @@ def _prune(args: argparse.Namespace) -> int:
     if hasattr(small, "save_pretrained"):
         save_pretrained(small, args.out / "model", tokenizer=tok)
     plan.to_json(args.out / "plan.json")
-    report.to_json(args.out / "report.json")
-    write_atomic(args.out / "report.md", report.to_markdown())
+    _write_reports(report, args)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(out, indent=1))
@@ -181,20 +193,18 @@ def _prune(args: argparse.Namespace) -> int:
           f"measured {last['measured']:.4f} (gated), {last['measured_rewritten']:.4f} (rewritten, fill={args.fill})")
     if held is not None:
         print(f"held-out perplexity {out['heldout_ppl_before']:.3f} -> {out['heldout_ppl_after']:.3f}")
-    print(f"wrote {args.out}/model, plan.json, report.json, report.md in {out['seconds']} s")
+    print(f"wrote {args.out}/model, plan.json, report.json, report.md, report.html in {out['seconds']} s")
     return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
     from . import analyze
-    from .plan import write_atomic
 
     model, _, calib, _, src = _load(args)
     criteria = tuple(c.strip() for c in args.criteria.split(",") if c.strip())
     report = analyze(model, calib, loss=args.loss, criteria=criteria, progress=not args.no_progress)
     args.out.mkdir(parents=True, exist_ok=True)
-    report.to_json(args.out / "report.json")
-    write_atomic(args.out / "report.md", report.to_markdown())
+    _write_reports(report, args)
     if args.json:
         print(report.to_json())
         return 0
@@ -203,22 +213,46 @@ def _analyze(args: argparse.Namespace) -> int:
     if report.fidelity:
         print("\nagreement with the exact loss change (Spearman): "
               + ", ".join(f"{k} {v['spearman']:.2f}" for k, v in report.fidelity.items()))
-    print(f"\nwrote {args.out}/report.json and report.md")
+    print(f"\nwrote {args.out}/report.json, report.md and report.html")
     return 0
 
 
+def _write_reports(report, args: argparse.Namespace) -> None:
+    """Loss curves (``--curves``), then report.json, report.md and report.html in ``--out``."""
+    if args.curves < 0:
+        raise InputError(f"--curves must be 0 (none) or a number of removals (got {args.curves})")
+    if args.curves:
+        report.loss_curves(args.curves)
+    report.to_json(args.out / "report.json")
+    report.to_markdown(args.out / "report.md")
+    report.to_html(args.out / "report.html")
+
+
 def _report(args: argparse.Namespace) -> int:
-    from .plan import write_atomic
     from .report import Report
 
     if not args.report.is_file():
         raise InputError(f"{args.report} does not exist: pass the report.json written by analyze or prune")
-    md = Report.from_json(args.report).to_markdown()
+    try:
+        report = Report.from_json(args.report)
+    except (ValueError, KeyError) as e:
+        raise InputError(f"{args.report} is not a flowprune report ({type(e).__name__}: {e}); "
+                         f"pass the report.json written by analyze or prune") from e
+    if args.criterion is not None and args.criterion not in report.criteria:
+        raise InputError(f"--criterion {args.criterion}: this report has {', '.join(report.criteria)}")
+    written = {}
+    if args.html:
+        report.to_html(args.html, criterion=args.criterion)
+        written["html"] = str(args.html)
     if args.md:
-        write_atomic(args.md, md)
-        print(f"wrote {args.md}")
+        report.to_markdown(args.md)
+        written["md"] = str(args.md)
+    if args.json:
+        print(json.dumps({"report": str(args.report), "written": written, **report.data}, indent=1))
+    elif written:
+        print("\n".join(f"wrote {p}" for p in written.values()))
     else:
-        print(md)
+        print(report.to_markdown())
     return 0
 
 
@@ -228,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "zoo":
             from .zoo import ZOO
 
-            for name, e in ZOO.items():
-                print(f"zoo:{name:<18} {e.family:<8} {e.note}")
+            if args.json:
+                print(json.dumps([{"model": f"zoo:{n}", "family": e.family, "note": e.note} for n, e in ZOO.items()],
+                                 indent=1))
+            else:
+                for name, e in ZOO.items():
+                    print(f"zoo:{name:<18} {e.family:<8} {e.note}")
             return 0
         return {"prune": _prune, "analyze": _analyze, "report": _report}[args.command](args)
     except FlowpruneError as e:

@@ -87,9 +87,11 @@ class _Stats:
         return [self.sq[i] / tot if tot > 0 else 1 / len(self.sq) for i in sorted(self.sq)]
 
 
-def information_flow(eng: Engine) -> dict[str, dict[str, float]]:
+def information_flow(eng: Engine, graph_flow: dict | None = None) -> dict[str, dict[str, float]]:
     """One forward over the calibration batches (with every α = 1; it also records the reference
-    outputs) -> {candidate id: {criterion: value}} for flow, energy, proximity, llmdrop, angular, shortgpt."""
+    outputs) -> {candidate id: {criterion: value}} for flow, energy, proximity, llmdrop, angular, shortgpt.
+    ``graph_flow``, if given, receives the propagated flow of every vertex (``"vertices"``: {vertex:
+    share}) and edge (``"edges"``: {(u, v): share}); the shares entering ``output`` sum to 1."""
     g = eng.graph
     merges = {(g.call(m.cid).key, m.raw_index): m for m in g.merges if m.kind in ("add", "cat")}
     layers = {g.call(c.cid).key: c for c in eng.candidates if c.kind == "layer"}
@@ -108,7 +110,10 @@ def information_flow(eng: Engine) -> dict[str, dict[str, float]]:
             refs.append(_clone(eng.run(i)))
     if not eng.refs:
         eng.refs = refs
-    flow = _propagate(g, {vid: s.shares() for vid, s in mstats.items() if s.sq})  # unobserved merges: equal split
+    flow, weights = _propagate(g, {vid: s.shares() for vid, s in mstats.items() if s.sq})  # unobserved: equal split
+    if graph_flow is not None:
+        graph_flow["vertices"] = flow
+        graph_flow["edges"] = {(u, v): flow[v] * w for (u, v), w in weights.items()}
     out: dict[str, dict[str, float]] = {}
     for c in eng.candidates:
         if c.kind == "branch" and c.merge in mstats and mstats[c.merge].sq:
@@ -129,9 +134,10 @@ def information_flow(eng: Engine) -> dict[str, dict[str, float]]:
     return out
 
 
-def _propagate(g, shares: dict[str, list[float]]) -> dict[str, float]:
+def _propagate(g, shares: dict[str, list[float]]) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """Share of the output reaching each vertex: merges split by their operands' energy shares, mul
-    merges and other vertices split equally among their inputs."""
+    merges and other vertices split equally among their inputs.  Returns (vertex flow, the fraction of
+    each edge's head's flow that comes along the edge)."""
     G = g.nx
     weights: dict[tuple[str, str], float] = defaultdict(float)
     by_vid = {m.vid: m for m in g.merges}
@@ -152,4 +158,4 @@ def _propagate(g, shares: dict[str, list[float]]) -> dict[str, float]:
     for v in reversed(list(nx.topological_sort(G))):
         if v != "output":
             flow[v] = sum(flow[s] * weights[(v, s)] for s in G.successors(v))
-    return flow
+    return flow, dict(weights)

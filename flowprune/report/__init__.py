@@ -20,7 +20,7 @@ from ..solve import Budget, greedy, one_shot, quadratic
 if TYPE_CHECKING:
     from ..score.engine import Engine
 
-SCHEMA = 1
+SCHEMA = 2  # 2: graph (vertex and edge flow), loss curves, plan latency
 # higher = more important (removed last) for every criterion
 DESCRIPTIONS = {
     "loss": "exact ΔL of removing the candidate alone (calibration loss)",
@@ -191,32 +191,47 @@ class Report:
         data = load_json(text_or_path)
         if data.get("schema", 0) > SCHEMA:
             raise PlanError(f"report schema {data['schema']} is newer than this flowprune ({__version__}) reads")
+        data.setdefault("curves", [])  # schema 1 had neither
+        data.setdefault("graph", None)
         return cls(data)
 
-    def to_markdown(self) -> str:
-        """Candidates table, agreement with exact ΔL, and plans, as Markdown."""
-        d = self.data
-        crit = self.criteria
-        lines = [f"# flowprune report: {d['model_class']}", "",
-                 f"loss `{d['loss']}` = {d['base_loss']:.4g} on {d['num_samples']} samples; "
-                 f"{d['total_params']:,} parameters; flowprune {d['version']}", "",
-                 "## Candidates", "", "| rank | id | kind | params | " + " | ".join(crit) + " |",
-                 "|---:|---|---|---:|" + "---:|" * len(crit)]
-        for r in sorted(self.candidates, key=lambda r: r["rank"]):
-            lines.append(f"| {r['rank']} | {r['id']} | {r['kind']} | {r['params']:,} | "
-                         + " | ".join(_fmt(r[c]) for c in crit) + " |")
-        if self.fidelity:
-            lines += ["", "## Agreement with the exact loss change", "", "| criterion | Spearman | Kendall |",
-                      "|---|---:|---:|"]
-            lines += [f"| {c} | {_fmt(v['spearman'])} | {_fmt(v['kendall'])} |" for c, v in self.fidelity.items()]
-        if self.plans:
-            lines += ["", "## Plans", "", "| strategy | criterion | removals | params removed | predicted ΔL | measured ΔL |",
-                      "|---|---|---|---:|---:|---:|"]
-            lines += [f"| {p['strategy']} | {p['criterion']} | {', '.join(p['removals'])} | {p['params_removed']:,} | "
-                      f"{_fmt(p['predicted'])} | {_fmt(p['measured'])} |" for p in self.plans]
-        lines += ["", "Criteria (higher = more important, removed last): "
-                  + "; ".join(f"`{c}` {DESCRIPTIONS.get(c, '')}" for c in crit)]
-        return "\n".join(lines) + "\n"
+    def to_markdown(self, path: str | os.PathLike | None = None) -> str:
+        """Summary, plans, candidates, agreement and loss curves as Markdown; written atomically to
+        ``path`` if given."""
+        from ..plan import write_atomic
+        from .markdown import render
+
+        text = render(self.data, DESCRIPTIONS)
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    def to_html(self, path: str | os.PathLike | None = None, criterion: str | None = None) -> str:
+        """One self-contained HTML page (figures as embedded SVG, no network); vertices of the flow graph
+        coloured by ``criterion`` (default: the ranking criterion).  Written atomically to ``path``.
+
+        >>> report.to_html("report.html")
+        """
+        from ..plan import write_atomic
+        from .html import render
+
+        if criterion is not None and criterion not in self.criteria:
+            raise InputError(f"criterion {criterion!r} is not in this report; it has {self.criteria}")
+        text = render(_finite(self.data), DESCRIPTIONS, criterion)
+        if path is not None:
+            write_atomic(path, text)
+        return text
+
+    def loss_curves(self, max_removals: int = 8, criteria: list[str] | None = None,
+                    strategies: tuple[str, ...] = ("one_shot", "quadratic")) -> list[dict]:
+        """Measure ΔL after 0 … ``max_removals`` removals per strategy (and per criterion for one_shot);
+        stored in the report for the HTML figure.  Needs a live report.  See ``curves.loss_curves``.
+
+        >>> report.loss_curves(6, strategies=("one_shot", "greedy"))
+        """
+        from .curves import loss_curves
+
+        return loss_curves(self, max_removals, criteria, strategies)
 
 
 def agreement(rows: list[dict], criteria: list[str], reference: str = "loss") -> dict[str, dict[str, float]]:
@@ -235,12 +250,6 @@ def agreement(rows: list[dict], criteria: list[str], reference: str = "loss") ->
         out[c] = {"spearman": float(stats.spearmanr(v[ok], ref[ok]).statistic),
                   "kendall": float(stats.kendalltau(v[ok], ref[ok]).statistic)}
     return out
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _finite(obj: Any) -> Any:
