@@ -27,7 +27,8 @@ exact loss change and by a second-order Taylor expansion in gate space, and remo
 * **Data**: Wikitext-2 (raw) through `datasets`. Offline it falls back to CPython's documentation
   (`pydoc_data.topics`, on every machine) and says so below.
 * Runs in about a minute on 2 CPU cores with the tiny model."""),
-    ("code", """import os, time
+    ("code", """import os, time, warnings
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: text bars
 import torch
 import matplotlib.pyplot as plt
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,7 +44,7 @@ MODEL = os.environ.get("FLOWPRUNE_MODEL", str(default_model()))
 SEQ_LEN, N_CALIB, N_TEST = 128, 16, 16
 model = AutoModelForCausalLM.from_pretrained(MODEL).eval()
 tok = AutoTokenizer.from_pretrained(MODEL)
-print(f"model {MODEL}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")"""),
+print(f"model {os.path.basename(MODEL) if os.path.isdir(MODEL) else MODEL}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")"""),
     ("code", """try:
     calib = wikitext(tok, "train", seq_len=SEQ_LEN, num_samples=N_CALIB)
     test = wikitext(tok, "test", seq_len=SEQ_LEN, num_samples=N_TEST)
@@ -128,7 +129,8 @@ removed.
   standard python-pickle batches (`FLOWPRUNE_CIFAR10=/path/to/cifar-10-batches-py`); else scikit-learn's
   handwritten digits upscaled to 32×32 RGB. The cell below says which one it used.
 * Runs in a minute or two on 2 CPU cores with the digits fallback."""),
-    ("code", """import os, time
+    ("code", """import os, time, warnings
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: text bars
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -43,9 +43,13 @@ def loss_curves(report: "Report", max_removals: int = 8, criteria: Sequence[str]
                 runs.append(("one_shot", crit, [order[:k] for k in range(1, len(order) + 1)]))
         if "quadratic" in strategies and report.hessian is not None:
             index = {r["id"]: k for k, r in enumerate(report.candidates)}
-            sets = [quadratic(graph, cands, report.gradient, report.hessian, Budget(count=k), index, fill)
-                    for k in range(1, max_removals + 1)]
-            runs.append(("quadratic", report.data["hessian_kind"], [s for s in sets if s]))
+            sets: list[list[str]] = []
+            for k in range(1, max_removals + 1):
+                s = quadratic(graph, cands, report.gradient, report.hessian, Budget(count=k), index, fill)
+                if len(s) < k:  # no more candidates fit (a layer and a branch inside it exclude each other)
+                    break
+                sets.append(s)
+            runs.append(("quadratic", report.data["hessian_kind"], sets))
         if "greedy" in strategies:
             def rescore(rest: list[str], removed: list[str]) -> dict[str, float]:
                 L = eng.loss(removed) if removed else base
