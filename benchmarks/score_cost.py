@@ -32,7 +32,7 @@ from flowprune.graph.trace import call_model
 from flowprune.plan import write_atomic
 from timing import median_seconds
 from flowprune.score.ablation import ablate
-from flowprune.score.engine import Engine
+from flowprune.score.engine import Engine, replay_sources
 from flowprune.score.taylor import fisher, gradient_and_hessian
 from flowprune.zoo.nets import BasicBlock
 
@@ -69,6 +69,18 @@ def resnet():
     return ResNet().eval(), [torch.randn(32, 3, 32, 32, generator=gen) for _ in range(4)]
 
 
+def ideal_ratio(eng: Engine) -> float:
+    """FLOPs of replayed ablation / naive ablation: per candidate, what remains after its replayed
+    modules (ablate's own choice of sources) is recomputed; naive recomputes everything."""
+    from flowprune.score.ablation import _own
+
+    g = eng.graph
+    cands = sorted(eng.candidates, key=lambda c: g.call(c.cid).start, reverse=True)
+    total = g.total_flops
+    kept = [total - sum(g.flops_of(p) for p in replay_sources(g, c) + _own(eng, c, cands[0])) for c in cands]
+    return sum(kept) / (total * len(cands))
+
+
 def measure(name: str, model: nn.Module, batches: list, taylor: bool = True) -> list[str]:
     graph = flowprune.trace(model, batches[0])
 
@@ -92,10 +104,11 @@ def measure(name: str, model: nn.Module, batches: list, taylor: bool = True) -> 
         base = eng.loss()  # known before ablation in analyze: neither variant needs a base pass
         t_rep = median_seconds(lambda: ablate(eng, replay=True, base_loss=base), 1, warmup=False)
         t_naive = median_seconds(lambda: ablate(eng, replay=False, base_loss=base), 1, warmup=False)
+        ideal = f"| {name} | {C} | replay / naive by FLOPs (ideal) | – | {ideal_ratio(eng):.3f} |"
         if not taylor:
             return [f"| {name} | {C} | flow (one pass, all statistics) | {t_flow:.3f} | {t_flow / t_f:.2f} forwards |",
                     f"| {name} | {C} | exact ablation, replay | {t_rep:.3f} | {t_rep / t_f:.1f} forwards = {t_rep / t_naive:.2f} × naive |",
-                    f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |",
+                    f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |", ideal,
                     f"| {name} | {C} | (plain forward) | {t_f:.3f} | 1 |"]
         t_g = median_seconds(lambda: gradient_and_hessian(eng, hessian="none"), 1, warmup=False)
         t_h = median_seconds(lambda: gradient_and_hessian(eng, hessian="full"), 1, warmup=False)
@@ -103,7 +116,7 @@ def measure(name: str, model: nn.Module, batches: list, taylor: bool = True) -> 
     return [
         f"| {name} | {C} | flow (one pass, all statistics) | {t_flow:.3f} | {t_flow / t_f:.2f} forwards |",
         f"| {name} | {C} | exact ablation, replay | {t_rep:.3f} | {t_rep / t_f:.1f} forwards = {t_rep / t_naive:.2f} × naive |",
-        f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |",
+        f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |", ideal,
         f"| {name} | {C} | gate gradient (taylor1) | {t_g:.3f} | {t_g / t_fb:.2f} fwd+bwd |",
         f"| {name} | {C} | full gate Hessian (taylor2) | {t_h:.3f} | {t_h / t_fb:.1f} fwd+bwd |",
         f"| {name} | {C} | Fisher (per-sample gradients) | {t_fi:.3f} | {t_fi / t_fb:.1f} fwd+bwd |",
