@@ -69,7 +69,7 @@ Information flow (one forward), exact loss change of each removal (with replay o
 the gate-space Taylor expansion (gradient and the full gate Hessian from Hessian-vector products), the
 Fisher approximation, and the baselines (ShortGPT, LLM-Drop, magnitude, random)."""),
     ("code", """t = time.perf_counter()
-report = flowprune.analyze(model, calib, loss="distill", criteria=("flow", "loss", "taylor2", "fisher"),
+report = flowprune.analyze(model, calib, loss="distill", criteria=("flow", "loss", "taylor2", "taylor2_diag", "fisher"),
                            progress=False)
 print(f"analysed {len(report.candidates)} candidates in {time.perf_counter() - t:.1f} s:",
       {k: round(v, 2) for k, v in report.data["timings"].items()})
