@@ -55,10 +55,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("flowprune-out"), help="output directory (default flowprune-out)")
     p.add_argument("--criteria", default="flow,loss,taylor2",
                    help="analyses computed for the report (default flow,loss,taylor2)")
-    p.add_argument("--curves", type=int, default=6, metavar="K",
+    p.add_argument("--curves", type=_count, default=6, metavar="K",
                    help="measure loss against 1..K removals per strategy for the report (default 6; 0: none)")
     _json(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number ≥ 0 (checked before any work starts)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
+    return int(text)
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -219,8 +226,6 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _write_reports(report, args: argparse.Namespace) -> None:
     """Loss curves (``--curves``), then report.json, report.md and report.html in ``--out``."""
-    if args.curves < 0:
-        raise InputError(f"--curves must be 0 (none) or a number of removals (got {args.curves})")
     if args.curves:
         report.loss_curves(args.curves)
     report.to_json(args.out / "report.json")

@@ -115,9 +115,13 @@ def test_report_command_writes_html_and_markdown_and_json(pruned_report, tmp_pat
     assert "--criterion fisher: this report has" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "r.md")]) == 2  # not JSON
     assert "is not a flowprune report" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:  # usage errors: argparse, exit code 2 too
-        main(["report", str(tmp_path / "r.json"), "--criterion", "nope"])
-    assert e.value.code == 2
+    (tmp_path / "plan.json").write_text('{"removals": []}')
+    assert main(["report", str(tmp_path / "plan.json")]) == 2  # JSON, but not a report
+    assert "is not a flowprune report" in capsys.readouterr().err
+    for argv in (["report", str(tmp_path / "r.json"), "--criterion", "nope"], ["analyze", "--curves", "-1"]):
+        with pytest.raises(SystemExit) as e:  # usage errors: argparse, exit code 2 too, before any work
+            main(argv)
+        assert e.value.code == 2
 
 
 def test_version_and_zoo_json(capsys):

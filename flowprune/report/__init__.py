@@ -189,6 +189,9 @@ class Report:
     @classmethod
     def from_json(cls, text_or_path: str | os.PathLike) -> "Report":
         data = load_json(text_or_path)
+        if not isinstance(data, dict) or not {"candidates", "criteria", "model_class"} <= set(data):
+            raise InputError("this JSON is not a flowprune report (no candidates/criteria): pass the report.json "
+                             "that analyze, prune or Report.to_json wrote")
         if data.get("schema", 0) > SCHEMA:
             raise PlanError(f"report schema {data['schema']} is newer than this flowprune ({__version__}) reads")
         data.setdefault("curves", [])  # schema 1 had neither
