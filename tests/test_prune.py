@@ -117,7 +117,8 @@ def test_bad_analyze_arguments():
 def test_model_without_candidates_and_tokenizer_style_batches():
     from transformers import BatchEncoding
 
-    rep = flowprune.analyze(ZOO["densenet"].build(), [ZOO["densenet"].inputs()], progress=False)
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    rep = flowprune.analyze(plain, [torch.randn(5, 4)], progress=False)
     assert rep.candidates == [] and rep.data["g"] == []
     batch = BatchEncoding({"input_ids": torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))})
     rep = flowprune.analyze(ZOO["gpt2"].build(), [batch], criteria=("loss",), progress=False)

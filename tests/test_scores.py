@@ -11,7 +11,7 @@ from flowprune.score.ablation import ablate
 from flowprune.score.engine import Engine
 from flowprune.score.taylor import gradient_and_hessian, predict
 from flowprune.zoo import ZOO
-from support import MutatingStack
+from support import DenseCat, MutatingStack
 
 
 class Quadratic(nn.Module):
@@ -133,7 +133,29 @@ def test_energy_share_by_hand():
     assert math.isclose(row["flow"], float((z * z).sum() / ((z * z).sum() + (x * x).sum())), rel_tol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["llama", "resnet_basic", "bert", "falcon"])
+def test_concat_input_flow_in_closed_form_and_its_removal():
+    """y = cat([x, z]) with z = fc(x): energy ‖z‖²/‖y‖², proximity ‖z‖₁/‖y‖₁, LLM-Drop 1 − mean ‖x_r‖/‖y_r‖;
+    removal leaves zeros in z's columns and deletes fc."""
+    torch.manual_seed(0)
+    m = DenseCat().eval()
+    x = torch.randn(6, 4)
+    rep = flowprune.analyze(m, [x], criteria=("flow", "loss"), progress=False)
+    [row] = rep.candidates
+    assert row["id"] == "fc:branch" and row["params"] == 4 * 3 + 3
+    with torch.no_grad():
+        z = m.fc(x)
+        y = torch.cat([x, z], -1)
+    assert row["energy"] == pytest.approx(float((z * z).sum() / (y * y).sum()), rel=1e-5)
+    assert row["proximity"] == pytest.approx(float(z.abs().sum() / y.abs().sum()), rel=1e-5)
+    assert row["llmdrop"] == pytest.approx(float(1 - (x.norm(dim=1) / y.norm(dim=1)).mean()), rel=1e-5)
+    small = flowprune.apply(m, flowprune.trace(m, x).plan(["fc:branch"]))
+    with torch.no_grad():
+        want = m.head(torch.cat([x, torch.zeros(6, 3)], -1))
+        assert torch.allclose(small(x), want, atol=1e-6)
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in m.parameters()) - 15
+
+
+@pytest.mark.parametrize("name", ["llama", "resnet_basic", "bert", "falcon", "densenet"])
 def test_replayed_ablation_equals_naive(name):
     e = ZOO[name]
     m, x = e.build(), e.inputs()

@@ -18,7 +18,7 @@ CASES = {
     "resnet_basic": (3, 4),        # 4 blocks, the stride-2 one has a conv shortcut; + stage 1 (8->8)
     "resnet_bottleneck": (2, 2),   # 4 blocks, 2 with a projection shortcut
     "vgg_bn": (0, 2),              # the two same-width ConvBNReLU layers
-    "densenet": (0, 0),            # only concats: concat-input removal is not built yet
+    "densenet": (6, 0),            # 2 dense blocks x 3 layers: each layer's output is a concat input
     "mobilenetv2": (3, 3),         # 3 inverted residuals with a skip
     "lstm_classifier": (2, 0),     # x + lstm(x)[0], twice; the LSTMs are branches, not layers
     "vit": (6, 3),                 # 3 pre-norm blocks: attn + mlp branches

@@ -53,7 +53,8 @@ class _Stats:
             for i, z in enumerate(ops):
                 self.sq[i] += float(z.float().pow(2).sum())
             return
-        self.y_l1 += float(y.abs().sum())
+        y_l1 = float(y.abs().sum())
+        self.y_l1 += y_l1
         yr = _rows(y)
         y_norm = yr.norm(dim=1)
         ops = [z.float() for z in ops]
@@ -61,7 +62,16 @@ class _Stats:
         pair = len(ops) == 2 and all(z.shape == y.shape for z in ops)
         for i, z in enumerate(ops):
             self.sq[i] += float(z.pow(2).sum())
-            if z.shape != y.shape:  # a concat input: only its energy share is defined
+            if z.shape != y.shape:  # a concat input
+                if _rows(z).shape[0] != yr.shape[0]:
+                    continue  # concatenated across samples/tokens: only its energy share is defined
+                # y − z_i is y with z_i's slice zeroed, orthogonal to z_i: ‖y − z‖₁ = ‖y‖₁ − ‖z‖₁ and
+                # cos(y − z, y) = √(‖y‖² − ‖z‖²)/‖y‖ per row, without building y − z
+                self.l1_rest[i] += y_l1 - float(z.abs().sum())
+                if i in self.focus:
+                    z_sq = _rows(z).pow(2).sum(1)
+                    cos = ((y_norm.pow(2) - z_sq).clamp_min(0).sqrt() / y_norm.clamp_min(1e-30)).clamp(0, 1)
+                    self._angles(i, z, cos)
                 continue
             rest = _rows(ops[1 - i] if pair else y - z)
             self.l1_rest[i] += float(rest.abs().sum())
@@ -69,11 +79,15 @@ class _Stats:
                 continue
             r_norm = rest.norm(dim=1)
             cos = ((rest * yr).sum(1) / (r_norm * y_norm).clamp_min(1e-30)).clamp(-1, 1)
-            # arccos amplifies rounding near cos = 1: rows where z vanishes have angle exactly 0
-            angle = torch.where(_rows(z).abs().amax(1) == 0, 0.0, torch.arccos(cos.double()).float())
-            self.cos[i] += float(cos.sum())
-            self.ang[i] += float(angle.sum() / torch.pi)
-            self.count[i] += cos.numel()
+            self._angles(i, z, cos)
+
+    def _angles(self, i: int, z: torch.Tensor, cos: torch.Tensor) -> None:
+        """Accumulate cos(y − z_i, y) and its angle over rows ([rows] tensors)."""
+        # arccos amplifies rounding near cos = 1: rows where z vanishes have angle exactly 0
+        angle = torch.where(_rows(z).abs().amax(1) == 0, 0.0, torch.arccos(cos.double()).float())
+        self.cos[i] += float(cos.sum())
+        self.ang[i] += float(angle.sum() / torch.pi)
+        self.count[i] += cos.numel()
 
     def local(self, i: int) -> dict[str, float]:
         prox = {j: max(0.0, self.y_l1 - self.l1_rest[j]) for j in self.sq}

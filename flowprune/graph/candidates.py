@@ -1,7 +1,8 @@
-"""Find removable edges (residual branches) and vertices (layers/blocks) in a FlowGraph.
+"""Find removable edges (residual branches, concat inputs) and vertices (layers/blocks) in a FlowGraph.
 
 Branch: a term t of an add (nested adds whose only consumer is the outer add are flattened, so the
-parallel attention+MLP of Falcon gives two branches) such that
+parallel attention+MLP of Falcon gives two branches), or an input t of a concat (DenseNet's
+``cat([x, f(x)])``: removal leaves zeros in t's channels), such that
   * t is exactly the output of one module call (the *gate* module, called once in the forward),
   * that output is consumed only by this add,
   * another term s of the sum is an ancestor of t (t = f(s): s is the skip, t the branch).
@@ -64,9 +65,10 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
 
     branches: dict[int, Candidate] = {}
     for m in graph.merges:
-        if m.kind != "add":
+        if m.kind not in ("add", "cat"):
             continue
-        terms = _terms(graph, m, by_vid)
+        # a concat's inputs are its terms as they are (no flattening: positions are channel slices)
+        terms = _terms(graph, m, by_vid) if m.kind == "add" else [(op, m.vid, i) for i, op in enumerate(m.operands)]
         for j, (op, enters, pos) in enumerate(terms):
             if op.origin is None:
                 continue

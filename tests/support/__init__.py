@@ -156,3 +156,15 @@ class MutatingStack(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(self.inp(x)))
+
+
+class DenseCat(nn.Module):
+    """head(cat([x, fc(x)])): DenseNet's pattern; fc's output is a removable concat input."""
+
+    def __init__(self, d: int = 4, growth: int = 3):
+        super().__init__()
+        self.fc = nn.Linear(d, growth)
+        self.head = nn.Linear(d + growth, 2)
+
+    def forward(self, x):
+        return self.head(torch.cat([x, self.fc(x)], dim=-1))
