@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Mapping
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from ._version import __version__
-from .data import as_batches, batch_size, split_batch
+from .data import as_batches, split_batch
 from .errors import InputError
 from .graph import trace
 from .plan import fingerprint
@@ -150,25 +148,6 @@ def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, c
     plan = report.plan(budget, criterion=criterion, strategy=strategy, fill=fill)
     pruned = apply(model, plan, data=report._engine.batches)
     report.plans[-1]["measured_rewritten"] = report.measure_model(pruned)
-    x = report._engine.inputs(0)
-    report.plans[-1]["latency"] = {"before": latency(model, x), "after": latency(pruned, x),
-                                   "batch": batch_size(report._engine.batches[0])}
+    report.record_latency(pruned)
     return pruned, report
 
-
-def latency(model: nn.Module, inputs: Any, repeats: int = 5) -> float:
-    """Median seconds of one ``model(inputs)`` under no_grad in eval mode, after one warm-up call.
-
-    >>> latency(model, batch)
-    0.0123
-    """
-    from .graph.trace import call_model, eval_mode
-
-    times = []
-    with torch.no_grad(), eval_mode(model):
-        for k in range(repeats + 1):
-            t = time.perf_counter()
-            call_model(model, inputs)
-            if k:  # the first call warms caches and lazy initialisation
-                times.append(time.perf_counter() - t)
-    return statistics.median(times)

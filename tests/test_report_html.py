@@ -54,8 +54,15 @@ def test_loss_curves_start_at_zero_and_follow_the_exact_ablation(pruned_report):
 
 
 def test_prune_records_latency_before_and_after(pruned_report):
-    lat = pruned_report[0].plans[-1]["latency"]
+    report, _ = pruned_report
+    lat = report.plans[0]["latency"]
     assert lat["before"] > 0 and lat["after"] > 0 and lat["batch"] == 2
+    n = len(report.plans)
+    report.plan(flowprune.Budget(count=1), latency=True)  # a plan made from the report: timed on request
+    assert len(report.plans) == n + 1 and report.plans[-1]["latency"]["after"] > 0
+    del report.plans[n:]  # the shared report keeps its single plan
+    with pytest.raises(flowprune.PlanError, match="read from JSON"):
+        flowprune.Report.from_json(report.to_json()).record_latency(None)
 
 
 def _figures(page: str) -> dict[str, str]:

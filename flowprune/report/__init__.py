@@ -137,10 +137,11 @@ class Report:
         return eng.mean(losses) - self.base_loss
 
     def plan(self, budget: Budget | float | int | dict, criterion: str = "loss", strategy: str = "one_shot",
-             fill: str = "zeros") -> Plan:
+             fill: str = "zeros", latency: bool = False) -> Plan:
         """Choose removals under ``budget`` and return the Plan (removed branches replaced by ``fill``);
         the choice, its predicted and its measured ΔL (with zero fill, through the gates) are appended
-        to ``report.plans``."""
+        to ``report.plans``.  ``latency=True`` also rewrites a copy and times one forward on the first
+        calibration batch before and after (``flowprune.prune`` always does)."""
         from ..score.ablation import ablate
 
         budget = Budget.parse(budget)
@@ -179,7 +180,24 @@ class Report:
         self.plans.append({"criterion": criterion, "strategy": strategy, "fill": fill, "budget": asdict(budget), "removals": ids,
                            "params_removed": plan.params_removed, "flops_removed": plan.flops_removed,
                            "predicted": predicted, "measured": measured})
+        if latency:
+            from ..rewrite import apply
+
+            self.record_latency(apply(eng.model, plan, data=eng.batches))
         return plan
+
+    def record_latency(self, pruned: Any) -> dict:
+        """Time one forward of the analysed model and of ``pruned`` (the last plan, applied) on the first
+        calibration batch; stored as the last plan's ``latency`` (seconds)."""
+        from ..latency import latency
+
+        eng = self._live()
+        if not self.plans:
+            raise PlanError("no plan to attach a latency to: call report.plan first")
+        x = eng.inputs(0)
+        lat = {"before": latency(eng.model, x), "after": latency(pruned, x), "batch": eng.sizes[0]}
+        self.plans[-1]["latency"] = lat
+        return lat
 
     # -- output ---------------------------------------------------------------------------------------
     def to_json(self, path: str | os.PathLike | None = None) -> str:
