@@ -1,4 +1,4 @@
-"""Random residual/plain stacks (hypothesis): candidates known by construction, rewrite == gates."""
+"""Random residual/dense/plain stacks (hypothesis): candidates known by construction, rewrite == gates."""
 
 import torch
 from hypothesis import given, settings
@@ -27,6 +27,17 @@ class Plain(nn.Module):
         return torch.tanh(self.fc(x))
 
 
+class Dense(nn.Module):
+    """cat([x, fc(x)]): the width grows by ``growth``; fc's output is a removable concat input."""
+
+    def __init__(self, d: int, growth: int):
+        super().__init__()
+        self.fc = nn.Linear(d, growth)
+
+    def forward(self, x):
+        return torch.cat([x, self.fc(x)], dim=-1)
+
+
 class Net(nn.Module):
     def __init__(self, spec: list[tuple[str, int, bool]], d0: int):
         super().__init__()
@@ -34,6 +45,9 @@ class Net(nn.Module):
         for kind, width, act in spec:
             if kind == "res":
                 blocks.append(Res(d, act))
+            elif kind == "dense":
+                blocks.append(Dense(d, width))
+                d += width
             else:
                 blocks.append(Plain(d, width))
                 d = width
@@ -45,7 +59,7 @@ class Net(nn.Module):
         return x
 
 
-block = st.tuples(st.sampled_from(["res", "plain"]), st.integers(2, 5), st.booleans())
+block = st.tuples(st.sampled_from(["res", "dense", "plain"]), st.integers(2, 5), st.booleans())
 
 
 @settings(max_examples=25, deadline=None)
@@ -56,13 +70,15 @@ def test_random_stack(spec, d0, data):
     x = torch.randn(3, d0)
     g = flowprune.trace(net, x)
     n_res = sum(k == "res" for k, _, _ in spec)
+    n_dense = sum(k == "dense" for k, _, _ in spec)
     widths, d = [], d0
     for k, w, _ in spec:
-        widths.append((d, d if k == "res" else w))
-        d = d if k == "res" else w
+        out = {"res": d, "dense": d + w, "plain": w}[k]
+        widths.append((d, out))
+        d = out
     same = sum(k == "plain" and a == b for (k, _, _), (a, b) in zip(spec, widths))
     kinds = [c.kind for c in g.candidates()]
-    assert kinds.count("branch") == n_res and kinds.count("layer") == n_res + same
+    assert kinds.count("branch") == n_res + n_dense and kinds.count("layer") == n_res + same
     ids = data.draw(st.lists(st.sampled_from([c.id for c in g.candidates()]), unique=True)) if kinds else []
     with flowprune.Gates(g) as gates, gates.removed(ids), torch.no_grad():
         ref = net(x)

@@ -14,7 +14,7 @@ from scipy import stats
 
 from .._version import __version__
 from ..errors import InputError, PlanError
-from ..plan import Plan, dump_json, load_json
+from ..plan import Plan, dump_json, load_json, write_atomic
 from ..solve import Budget, greedy, one_shot, quadratic
 
 if TYPE_CHECKING:
@@ -219,7 +219,6 @@ class Report:
     def to_markdown(self, path: str | os.PathLike | None = None) -> str:
         """Summary, plans, candidates, agreement and loss curves as Markdown; written atomically to
         ``path`` if given."""
-        from ..plan import write_atomic
         from .markdown import render
 
         text = render(self.data, DESCRIPTIONS)
@@ -233,7 +232,6 @@ class Report:
 
         >>> report.to_html("report.html")
         """
-        from ..plan import write_atomic
         from .html import render
 
         if criterion is not None and criterion not in self.criteria:
