@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from itertools import chain
 from typing import Any
 
 import torch
@@ -12,23 +13,26 @@ from torch import nn
 
 def latency(model: nn.Module, inputs: Any, repeats: int = 5) -> float:
     """Median seconds of one ``model(inputs)`` under no_grad in eval mode, after one warm-up call
-    (CUDA work is synchronised before each clock read).
+    (CUDA work on every device of the model is synchronised before each clock read).
 
     >>> latency(model, batch)
     0.0123
     """
     from .graph.trace import call_model, eval_mode
 
-    cuda = any(p.is_cuda for p in model.parameters())
+    devices = {t.device for t in chain(model.parameters(), model.buffers()) if t.is_cuda}
+
+    def sync() -> None:  # every device the model lives on (device_map spreads it)
+        for d in devices:
+            torch.cuda.synchronize(d)
+
     times = []
     with torch.no_grad(), eval_mode(model):
         for k in range(repeats + 1):
-            if cuda:
-                torch.cuda.synchronize()
+            sync()
             t = time.perf_counter()
             call_model(model, inputs)
-            if cuda:
-                torch.cuda.synchronize()
+            sync()
             if k:  # the first call warms caches and lazy initialisation
                 times.append(time.perf_counter() - t)
     return statistics.median(times)

@@ -122,9 +122,12 @@ def test_report_command_writes_html_and_markdown_and_json(pruned_report, tmp_pat
     assert "--criterion fisher: this report has" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "r.md")]) == 2  # not JSON
     assert "is not a flowprune report" in capsys.readouterr().err
-    (tmp_path / "plan.json").write_text('{"removals": []}')
-    assert main(["report", str(tmp_path / "plan.json")]) == 2  # JSON, but not a report
-    assert "is not a flowprune report" in capsys.readouterr().err
+    bad = {"plan.json": '{"removals": []}', "thin.json": '{"candidates": [], "criteria": [], "model_class": "X"}',
+           "schema.json": json.dumps({**json.loads(report.to_json()), "schema": "2"})}
+    for name, text in bad.items():  # JSON, but not a report this version can read
+        (tmp_path / name).write_text(text)
+        assert main(["report", str(tmp_path / name), "--html", str(tmp_path / "x.html")]) == 2, name
+        assert "is not a flowprune report" in capsys.readouterr().err
     for argv in (["report", str(tmp_path / "r.json"), "--criterion", "nope"], ["analyze", "--curves", "-1"]):
         with pytest.raises(SystemExit) as e:  # usage errors: argparse, exit code 2 too, before any work
             main(argv)
@@ -138,6 +141,16 @@ def test_version_and_zoo_json(capsys):
     assert main(["zoo", "--json"]) == 0
     zoo = json.loads(capsys.readouterr().out)
     assert len(zoo) == len(flowprune.zoo.ZOO) and "zoo:llama" in [z["model"] for z in zoo]
+
+
+def test_a_report_without_finite_scores_renders_without_bars(pruned_report):
+    report, _ = pruned_report
+    d = json.loads(report.to_json())
+    for r in d["candidates"]:
+        for c in d["criteria"]:
+            r[c] = None
+    page = flowprune.Report.from_json(json.dumps(d)).to_html()
+    assert "fig-graph" in page and "fig-bars" not in page
 
 
 def test_old_reports_without_graph_or_curves_still_render(pruned_report):

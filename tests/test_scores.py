@@ -11,7 +11,7 @@ from flowprune.score.ablation import ablate
 from flowprune.score.engine import Engine
 from flowprune.score.taylor import gradient_and_hessian, predict
 from flowprune.zoo import ZOO
-from support import DenseCat, MutatingStack
+from support import DenseCat, DenseCat1d, MutatingStack, ReplacesInOutput
 
 
 class Quadratic(nn.Module):
@@ -170,6 +170,32 @@ def test_replayed_ablation_equals_naive(name):
             assert c[cid]["kl"] == pytest.approx(b[cid]["kl"], abs=1e-6, nan_ok=True)
         last = eng.candidates[-1].id
         assert abs(a[last]["loss"] - (eng.loss([last]) - base)) < 1e-6
+
+
+def test_concat_of_channels_in_sequences_uses_per_sample_rows():
+    torch.manual_seed(0)
+    m = DenseCat1d().eval()
+    x = torch.randn(6, 4, 5)
+    [row] = flowprune.analyze(m, [x], criteria=("flow",), progress=False).candidates
+    with torch.no_grad():
+        z = m.conv(x)
+        y = torch.cat([x, z], 1)
+    assert row["proximity"] == pytest.approx(float(z.abs().sum() / y.abs().sum()), rel=1e-5)
+    cos = x.flatten(1).norm(dim=1) / y.flatten(1).norm(dim=1)
+    assert row["llmdrop"] == pytest.approx(float(1 - cos.mean()), rel=1e-5)
+    assert row["angular"] == pytest.approx(float(torch.arccos(cos).mean() / torch.pi), rel=1e-4)
+
+
+def test_replay_survives_a_caller_replacing_an_element_of_a_recorded_output():
+    torch.manual_seed(0)
+    m = ReplacesInOutput().eval()
+    xs = [torch.randn(5, 4) for _ in range(2)]
+    with Engine(flowprune.trace(m, xs[0]), xs, "distill", progress=False) as eng:
+        base = eng.loss()
+        a, b = ablate(eng, replay=True, base_loss=base), ablate(eng, replay=False, base_loss=base)
+        assert len(a) >= 2
+        for cid in a:
+            assert a[cid]["loss"] == pytest.approx(b[cid]["loss"], abs=1e-6), cid
 
 
 def test_replay_survives_in_place_writes_into_recordings():

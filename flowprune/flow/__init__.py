@@ -63,15 +63,18 @@ class _Stats:
         for i, z in enumerate(ops):
             self.sq[i] += float(z.pow(2).sum())
             if z.shape != y.shape:  # a concat input
-                if _rows(z).shape[0] != yr.shape[0]:
-                    continue  # concatenated across samples/tokens: only its energy share is defined
                 # y − z_i is y with z_i's slice zeroed, orthogonal to z_i: ‖y − z‖₁ = ‖y‖₁ − ‖z‖₁ and
                 # cos(y − z, y) = √(‖y‖² − ‖z‖²)/‖y‖ per row, without building y − z
                 self.l1_rest[i] += y_l1 - float(z.abs().sum())
                 if i in self.focus:
-                    z_sq = _rows(z).pow(2).sum(1)
-                    cos = ((y_norm.pow(2) - z_sq).clamp_min(0).sqrt() / y_norm.clamp_min(1e-30)).clamp(0, 1)
-                    self._angles(i, z, cos)
+                    zr, yr_i, yn = _rows(z), yr, y_norm
+                    if zr.shape[0] != yr.shape[0]:  # not concatenated within tokens (e.g. [B, C, L] along C)
+                        zr, yr_i = z.flatten(1), y.flatten(1)  # per sample: exact if joined within samples
+                        yn = yr_i.norm(dim=1)
+                    if zr.shape[0] != yr_i.shape[0]:
+                        continue  # joined across samples: only its energy share and proximity are defined
+                    cos = ((yn.pow(2) - zr.pow(2).sum(1)).clamp_min(0).sqrt() / yn.clamp_min(1e-30)).clamp(0, 1)
+                    self._angles(i, zr, cos)
                 continue
             rest = _rows(ops[1 - i] if pair else y - z)
             self.l1_rest[i] += float(rest.abs().sum())
@@ -79,12 +82,12 @@ class _Stats:
                 continue
             r_norm = rest.norm(dim=1)
             cos = ((rest * yr).sum(1) / (r_norm * y_norm).clamp_min(1e-30)).clamp(-1, 1)
-            self._angles(i, z, cos)
+            self._angles(i, _rows(z), cos)
 
-    def _angles(self, i: int, z: torch.Tensor, cos: torch.Tensor) -> None:
-        """Accumulate cos(y − z_i, y) and its angle over rows ([rows] tensors)."""
+    def _angles(self, i: int, zr: torch.Tensor, cos: torch.Tensor) -> None:
+        """Accumulate cos(y − z_i, y) [rows] and its angle; ``zr``: z_i as [rows, features]."""
         # arccos amplifies rounding near cos = 1: rows where z vanishes have angle exactly 0
-        angle = torch.where(_rows(z).abs().amax(1) == 0, 0.0, torch.arccos(cos.double()).float())
+        angle = torch.where(zr.abs().amax(1) == 0, 0.0, torch.arccos(cos.double()).float())
         self.cos[i] += float(cos.sum())
         self.ang[i] += float(angle.sum() / torch.pi)
         self.count[i] += cos.numel()

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from ..score.engine import Engine
 
 SCHEMA = 2  # 2: graph (vertex and edge flow), loss curves, plan latency
+# what every schema has and the renderers read
+REQUIRED = {"schema", "version", "model_class", "loss", "base_loss", "num_samples", "total_params", "total_flops",
+            "criteria", "candidates", "fidelity", "plans"}
 # higher = more important (removed last) for every criterion
 DESCRIPTIONS = {
     "loss": "exact ΔL of removing the candidate alone (calibration loss)",
@@ -207,10 +210,11 @@ class Report:
     @classmethod
     def from_json(cls, text_or_path: str | os.PathLike) -> "Report":
         data = load_json(text_or_path)
-        if not isinstance(data, dict) or not {"candidates", "criteria", "model_class"} <= set(data):
-            raise InputError("this JSON is not a flowprune report (no candidates/criteria): pass the report.json "
-                             "that analyze, prune or Report.to_json wrote")
-        if data.get("schema", 0) > SCHEMA:
+        missing = sorted(REQUIRED - set(data)) if isinstance(data, dict) else ["(not an object)"]
+        if missing or not isinstance(data.get("schema"), int):
+            raise InputError(f"this JSON is not a flowprune report (missing {missing or ['an integer schema']}): "
+                             f"pass the report.json that analyze, prune or Report.to_json wrote")
+        if data["schema"] > SCHEMA:
             raise PlanError(f"report schema {data['schema']} is newer than this flowprune ({__version__}) reads")
         data.setdefault("curves", [])  # schema 1 had neither
         data.setdefault("graph", None)

@@ -98,9 +98,16 @@ def flow_graph(graph: dict, scores: dict[str, float] | None, criterion: str) -> 
     return fig
 
 
+def drawable(rows: list[dict], criteria: Sequence[str]) -> list[str]:
+    """The criteria with at least one finite score (the others have no bars to draw)."""
+    return [c for c in criteria if any(_finite(r.get(c)) for r in rows)]
+
+
 def criteria_bars(rows: list[dict], criteria: Sequence[str]) -> Figure:
     """One bar chart per criterion; candidates along depth (trace order), coloured by kind."""
-    crit = [c for c in criteria if any(_finite(r.get(c)) for r in rows)]
+    crit = drawable(rows, criteria)
+    if not crit:
+        raise ValueError("no criterion has a finite score to draw")
     n = len(rows)
     fig = Figure(figsize=(min(30.0, max(7.0, 0.22 * n + 2)), 1.35 * len(crit) + 1.6))
     axes = fig.subplots(len(crit), 1, sharex=True, squeeze=False)[:, 0]

@@ -93,7 +93,7 @@ def render(d: dict, descriptions: dict[str, str], criterion: str | None = None) 
     else:
         parts.append(_section("Flow graph", '<p class="note">This report has no graph (written by flowprune '
                               '0.1 before reports stored it): analyze again to draw it.</p>', "graph"))
-    if rows and d["criteria"]:
+    if rows and figures.drawable(rows, d["criteria"]):
         parts.append(_section("Scores along depth", f'<p class="note">{DESCRIBE["bars"]}</p>'
                               + _figure("fig-bars", figures.criteria_bars, rows, d["criteria"]), "bars"))
     names, M = tables.agreement_matrix(rows, d["criteria"])

@@ -31,6 +31,13 @@ def _clone(obj: Any) -> Any:
     return pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, obj)
 
 
+def _shallow(obj: Any) -> Any:
+    """New containers (dicts, lists, tuples, model outputs) around the same tensors: a caller that
+    replaces an element of a recorded output (``out["h"] = 2 * out["h"]``) cannot change the recording,
+    and no tensor data is copied."""
+    return pytree.tree_map(lambda x: x, obj)
+
+
 def replay_sources(graph: FlowGraph, c: Candidate) -> list[str]:
     """Paths of the maximal modules that finish before ``c``'s module starts (each called once)."""
     me = graph.call(c.cid)
@@ -158,14 +165,14 @@ class Engine:
     def recording(self, paths: set[str]) -> Iterator[dict]:
         """Record the (gated) outputs of modules ``paths`` during the forwards in the block.
 
-        The outputs are kept as they are, not copied: an output that is modified in place later in the
-        pass (``relu_(bn(x))``; its version counter moves) is dropped on exit, and its module simply runs
-        again in the replayed passes."""
+        The tensors are kept as they are, not copied (their containers are): an output that is modified
+        in place later in the pass (``relu_(bn(x))``; its version counter moves) is dropped on exit, and
+        its module simply runs again in the replayed passes."""
         store: dict[str, Any] = {}
         seen: dict[str, list[int]] = {}
 
         def keep(p: str, out: Any) -> None:
-            store[p], seen[p] = out, self._versions(out)
+            store[p], seen[p] = _shallow(out), self._versions(out)
 
         hooks = [self._modules[p].register_forward_hook(lambda m, a, out, p=p: keep(p, out)) for p in paths]
         try:
@@ -185,7 +192,7 @@ class Engine:
         own = {p: vars(self._modules[p]).get("forward") for p in paths}  # e.g. accelerate's wrappers
         versions = {p: self._versions(store[p]) for p in paths}
         for p in paths:
-            self._modules[p].forward = (lambda *a, _o=store[p], **k: _o)
+            self._modules[p].forward = (lambda *a, _o=store[p], **k: _shallow(_o))
         try:
             yield
         finally:

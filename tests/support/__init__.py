@@ -168,3 +168,43 @@ class DenseCat(nn.Module):
 
     def forward(self, x):
         return self.head(torch.cat([x, self.fc(x)], dim=-1))
+
+
+class DenseCat1d(nn.Module):
+    """head(cat([x, conv(x)], channels)) on [B, C, L] sequences: the concat is within samples, across
+    what a token-wise view would call rows."""
+
+    def __init__(self, c: int = 4, growth: int = 3):
+        super().__init__()
+        self.conv = nn.Conv1d(c, growth, 3, padding=1)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.head(torch.cat([x, self.conv(x)], dim=1))
+
+
+class DictEncoder(nn.Module):
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x):
+        return {"h": self.fc(x)}
+
+
+class ReplacesInOutput(nn.Module):
+    """The caller replaces an element of a module's dict output (no tensor changes in place)."""
+
+    def __init__(self, d: int = 4, n: int = 2):
+        super().__init__()
+        self.enc = DictEncoder(d)
+        self.blocks = nn.ModuleList(PreNorm(d) for _ in range(n))
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        o = self.enc(x)
+        o["h"] = o["h"] * 2 + 1
+        h = o["h"]
+        for b in self.blocks:
+            h = b(h)
+        return self.head(h)
