@@ -125,9 +125,10 @@ A ResNet for 32×32 images is trained briefly, analysed with flowprune, and its 
 removed zero-shot in the order each criterion suggests; test accuracy is plotted against the compute
 removed.
 
-* **Data**: CIFAR-10 through `datasets` when the hub is reachable; else a local CIFAR-10 directory of the
-  standard python-pickle batches (`FLOWPRUNE_CIFAR10=/path/to/cifar-10-batches-py`); else scikit-learn's
-  handwritten digits upscaled to 32×32 RGB. The cell below says which one it used.
+* **Data**: CIFAR-10 from a local directory of the standard python-pickle batches when one is given
+  (`FLOWPRUNE_CIFAR10=/path/to/cifar-10-batches-py`); else through `datasets` (the hub, or its cache
+  offline); else scikit-learn's handwritten digits upscaled to 32×32 RGB. The cell below says which one
+  it used.
 * Runs in a minute or two on 2 CPU cores with the digits fallback."""),
     ("code", """import os, time, warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: text bars
