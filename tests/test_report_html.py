@@ -84,6 +84,19 @@ def test_html_is_self_contained_with_every_figure(pruned_report):
     assert _figures(report.to_html(criterion="random"))["fig-graph"] != figs["fig-graph"]
 
 
+def test_flow_graph_names_the_layers_under_their_vertices(pruned_report):
+    from flowprune.report.figures import flow_graph
+
+    report, _ = pruned_report
+    fig = flow_graph(report.data["graph"], report.scores("loss"), "loss")
+    ax = fig.axes[0]
+    labels = {t.get_text(): t.get_position()[0] for t in ax.texts}
+    assert {"layers.0", "layers.1", "layers.2", "layers.3"} <= set(labels)
+    xs = [labels[f"layers.{i}"] for i in range(4)]
+    assert xs == sorted(xs)  # in depth order, left to right
+    assert {"input:input_ids", "output"} <= set(labels)
+
+
 def test_markdown_has_the_same_tables(pruned_report):
     report, path = pruned_report
     md = report.to_markdown()

@@ -86,8 +86,9 @@ def flow_graph(graph: dict, scores: dict[str, float] | None, criterion: str) -> 
         if n["kind"] in ("input", "output"):
             x, y = pos[n["id"]]
             ax.annotate(n["id"], (x, y), xytext=(0, -12), textcoords="offset points", ha="center", fontsize=7)
+    _label_candidates(ax, nodes, pos, -spread - 0.6)
     ax.set_xlim(-1, depth)
-    ax.set_ylim(-spread - 0.8, spread + 0.8 + 0.25 * math.sqrt(depth))
+    ax.set_ylim(-spread - 1.6, spread + 0.8 + 0.25 * math.sqrt(depth))
     ax.axis("off")
     if rank:
         sm = _mappable(cmap)
@@ -101,6 +102,24 @@ def flow_graph(graph: dict, scores: dict[str, float] | None, criterion: str) -> 
 def drawable(rows: list[dict], criteria: Sequence[str]) -> list[str]:
     """The criteria with at least one finite score (the others have no bars to draw)."""
     return [c for c in criteria if any(_finite(r.get(c)) for r in rows)]
+
+
+def _label_candidates(ax, nodes: list[dict], pos: dict, y: float, most: int = 48) -> None:
+    """Name the layers (or, without layer candidates, the branches) under the vertices they remove, so
+    the graph can be read against the tables: the last two parts of the module path, e.g. "layers.5"."""
+    cands = {n["candidate"] for n in nodes if n["candidate"]}
+    kind = "layer" if any(c.endswith(":layer") for c in cands) else "branch"
+    groups: dict[str, list[float]] = {}
+    for c in (c for c in cands if c.endswith(":" + kind)):
+        root = c.rsplit(":", 1)[0]  # the vertices of the module (merges belong to their enclosing module)
+        xs = [pos[n["id"]][0] for n in nodes if n["path"] == root or n["path"].startswith(root + ".")]
+        groups[c] = xs or [pos[n["id"]][0] for n in nodes if n["candidate"] == c]
+    picked = sorted((c for c in groups if groups[c]), key=lambda c: min(groups[c]))
+    step = max(1, math.ceil(len(picked) / most))
+    for c in picked[::step]:
+        name = ".".join(c.rsplit(":", 1)[0].split(".")[-2:])
+        ax.text(sum(groups[c]) / len(groups[c]), y, name, ha="center", va="top", fontsize=6, rotation=90,
+                color="#444444")
 
 
 def criteria_bars(rows: list[dict], criteria: Sequence[str]) -> Figure:
