@@ -145,7 +145,7 @@ class Report:
         the choice, its predicted and its measured ΔL (with zero fill, through the gates) are appended
         to ``report.plans``.  ``latency=True`` also rewrites a copy and times one forward on the first
         calibration batch before and after (``flowprune.prune`` always does)."""
-        from ..score.ablation import ablate
+        from ..score.ablation import exact_rescore
 
         budget = Budget.parse(budget)
         eng = self._live()
@@ -159,12 +159,7 @@ class Report:
                 if criterion == "loss":
                     predicted = sum(self.scores("loss")[i] for i in ids)
             elif strategy == "greedy":
-                def rescore(rest: list[str], removed: list[str]) -> dict[str, float]:
-                    L = eng.loss(removed) if removed else self.base_loss
-                    res = ablate(eng, rest, base=removed, base_loss=L)
-                    return {k: v["loss"] + L - self.base_loss for k, v in res.items()}
-
-                ids = greedy(graph, cands, budget, rescore, fill)
+                ids = greedy(graph, cands, budget, exact_rescore(eng, self.base_loss), fill)
                 criterion = "loss"
             elif strategy == "quadratic":
                 if self.hessian is None:

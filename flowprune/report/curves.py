@@ -24,7 +24,7 @@ def loss_curves(report: "Report", max_removals: int = 8, criteria: Sequence[str]
 
     >>> curves = loss_curves(report, 6, strategies=("one_shot", "greedy"))
     """
-    from ..score.ablation import ablate
+    from ..score.ablation import exact_rescore
 
     bad = [s for s in strategies if s not in ("one_shot", "greedy", "quadratic")]
     if bad:
@@ -51,11 +51,7 @@ def loss_curves(report: "Report", max_removals: int = 8, criteria: Sequence[str]
                 sets.append(s)
             runs.append(("quadratic", report.data["hessian_kind"], sets))
         if "greedy" in strategies:
-            def rescore(rest: list[str], removed: list[str]) -> dict[str, float]:
-                L = eng.loss(removed) if removed else base
-                return {k: v["loss"] + L - base for k, v in ablate(eng, rest, base=removed, base_loss=L).items()}
-
-            order = greedy(graph, cands, Budget(count=max_removals), rescore, fill)
+            order = greedy(graph, cands, Budget(count=max_removals), exact_rescore(eng, base), fill)
             runs.append(("greedy", "loss", [order[:k] for k in range(1, len(order) + 1)]))
         curves = []
         for strategy, crit, sets in runs:

@@ -7,9 +7,13 @@ import io
 import math
 from typing import Sequence
 
+import matplotlib
 import networkx as nx
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PathCollection
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.path import Path as MplPath
 
@@ -19,8 +23,6 @@ MERGES = ("add", "mul", "cat")
 
 def to_svg(fig: Figure) -> str:
     """The figure as a standalone SVG document (text drawn as paths: no fonts needed to view it)."""
-    import matplotlib
-
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": "flowprune"}):  # the same report gives the same bytes
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -69,7 +71,7 @@ def flow_graph(graph: dict, scores: dict[str, float] | None, criterion: str) -> 
     ax.add_collection(PathCollection(paths, facecolors="none", edgecolors="#8c8c8c", linewidths=widths, alpha=0.8))
     rank = _ranks(scores or {})
     xs, ys, colors, sizes, markers = [], [], [], [], []
-    cmap = _cmap()
+    cmap = colormaps["viridis"]
     for n in nodes:
         x, y = pos[n["id"]]
         r = rank.get(n["candidate"]) if n["candidate"] else None
@@ -91,7 +93,7 @@ def flow_graph(graph: dict, scores: dict[str, float] | None, criterion: str) -> 
     ax.set_ylim(-spread - 1.6, spread + 0.8 + 0.25 * math.sqrt(depth))
     ax.axis("off")
     if rank:
-        sm = _mappable(cmap)
+        sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
         cb = fig.colorbar(sm, ax=ax, fraction=0.02, pad=0.01)
         cb.set_label(f"rank by {criterion} (0 = removed first)", fontsize=8)
     ax.set_title(f"flow graph: {len(nodes)} vertices, {len(edges)} edges; edge width = flow, colour = {criterion} rank",
@@ -186,15 +188,3 @@ def loss_curves(curves: list[dict], total_params: int) -> Figure:
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
-
-def _cmap():
-    from matplotlib import colormaps
-
-    return colormaps["viridis"]
-
-
-def _mappable(cmap):
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    return ScalarMappable(norm=Normalize(0, 1), cmap=cmap)

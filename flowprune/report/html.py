@@ -98,8 +98,8 @@ def render(d: dict, descriptions: dict[str, str], criterion: str | None = None) 
                               + _figure("fig-bars", figures.criteria_bars, rows, d["criteria"]), "bars"))
     names, M = tables.agreement_matrix(rows, d["criteria"])
     if len(names) >= 2:
-        body = f'<p class="note">{DESCRIBE["agreement"]}</p>' + _img(
-            "fig-agreement", figures.to_svg(figures.agreement_heatmap(names, M)), "agreement")
+        body = f'<p class="note">{DESCRIBE["agreement"]}</p>' + _figure("fig-agreement", figures.agreement_heatmap,
+                                                                        names, M)
         if d["fidelity"]:
             body += "<h3>Agreement with the exact loss change</h3>" + _table(tables.fidelity(d))
         parts.append(_section("Agreement between criteria", body, "agreement"))

@@ -97,3 +97,13 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
     order = {c.id: k for k, c in enumerate(eng.candidates)}
     return {cid: {"loss": s["loss"] / total - L0, "kl": s["kl"] / n_tokens, "spvr": s["spvr"]}
             for cid, s in sorted(sums.items(), key=lambda kv: order[kv[0]])}
+
+
+def exact_rescore(eng: Engine, base_loss: float):
+    """``rescore(rest, removed)`` for the greedy solver: the exact ΔL of each of ``rest`` given ``removed``
+    already gone, relative to the original loss ``base_loss`` (ablation with replay)."""
+    def rescore(rest: list[str], removed: list[str]) -> dict[str, float]:
+        L = eng.loss(removed) if removed else base_loss
+        return {k: v["loss"] + L - base_loss for k, v in ablate(eng, rest, base=removed, base_loss=L).items()}
+
+    return rescore
