@@ -29,9 +29,9 @@ PLANS = [("loss", "greedy"), ("taylor2", "one_shot"), ("taylor2", "quadratic"), 
 
 
 def quality() -> list[str]:
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = flowprune.load_pretrained(default_model())
+    model = AutoModelForCausalLM.from_pretrained(default_model()).eval()  # a plain HF folder
     tok = AutoTokenizer.from_pretrained(default_model())
     calib = python_docs(tok, "train", seq_len=128, num_samples=32)
     held = python_docs(tok, "test", seq_len=128, num_samples=64)

@@ -77,7 +77,8 @@ def ideal_ratio(eng: Engine) -> float:
     g = eng.graph
     cands = sorted(eng.candidates, key=lambda c: g.call(c.cid).start, reverse=True)
     total = g.total_flops
-    kept = [total - sum(g.flops_of(p) for p in replay_sources(g, c) + _own(eng, c, cands[0])) for c in cands]
+    flops = {rec.key: rec.flops for rec in g.calls}  # replay sources are call keys ("path#k")
+    kept = [total - sum(flops[k] for k in replay_sources(g, c) + _own(eng, c, cands[0])) for c in cands]
     return sum(kept) / (total * len(cands))
 
 

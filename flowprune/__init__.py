@@ -8,7 +8,7 @@
 
 from ._version import __version__
 from .api import analyze, prune
-from .errors import FlowpruneError, InputError, PlanError, TraceError
+from .errors import CheckpointError, FlowpruneError, InputError, PlanError, TraceError
 from .gates import Gates
 from .graph import Candidate, FlowGraph, trace
 from .plan import Plan
@@ -36,4 +36,5 @@ __all__ = [
     "InputError",
     "PlanError",
     "TraceError",
+    "CheckpointError",
 ]

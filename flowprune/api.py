@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -13,13 +13,14 @@ from ._version import __version__
 from .data import as_batches, split_batch
 from .errors import InputError
 from .graph import trace
+from .graph.trace import unwrap
 from .plan import fingerprint
 from .report import SCHEMA, Report, agreement
 from .report.graphdata import graph_data
 from .rewrite import apply
 from .score.engine import Engine
-from .score.losses import LossSpec
-from .solve import Budget
+from .score.losses import LossSpec, resolve
+from .solve import FILLS, HESSIANS, KINDS, Budget, check_budget, check_choice, check_strategy
 
 CRITERIA = ("flow", "loss", "taylor1", "taylor2", "taylor2_diag", "fisher")
 # which analysis computes each ranking column
@@ -28,17 +29,31 @@ SOURCE = {"loss": "loss", "kl": "loss", "spvr": "loss", "taylor1": "taylor1", "t
           "proximity": "flow", "llmdrop": "flow", "angular": "flow", "shortgpt": "flow"}
 
 
+# every column a report can rank by: the analyses' columns and the free baselines
+COLUMNS = tuple(SOURCE) + ("magnitude", "random")
+
+
+def _criteria(criteria: Sequence[str] | str) -> tuple[str, ...]:
+    """The analyses asked for, validated (one name may be given as a string)."""
+    criteria = (criteria,) if isinstance(criteria, str) else tuple(criteria)
+    bad = [c for c in criteria if c not in CRITERIA]
+    if bad:
+        raise InputError(f"unknown criteria {bad}; choose from {list(CRITERIA)}")
+    return criteria
+
+
 def criteria_for(criterion: str, strategy: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
     """The ``analyze`` criteria a plan by ``criterion`` and ``strategy`` needs (plus ``extra``)."""
     needs = list(extra) + ([SOURCE[criterion]] if criterion in SOURCE else [])
-    if strategy == "quadratic" and not {"taylor2", "fisher"} & set(needs):
+    if strategy == "quadratic" and not set(HESSIANS) & set(needs):
         needs.append("taylor2")
     return tuple(dict.fromkeys(needs)) or ("flow",)
 
 
 def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
             criteria: Sequence[str] = ("flow", "loss", "taylor2"), example_inputs: Any = None,
-            num_samples: int | None = None, progress: bool = True, seed: int = 0) -> Report:
+            num_samples: int | None = None, progress: bool = True, seed: int = 0,
+            _check: Callable[[Any, list], None] | None = None) -> Report:
     """Score every removal candidate of ``model`` on the calibration ``data``.
 
     ``data``: an iterable of batches (tensors, ``(inputs, labels)`` tuples or dicts), a DataLoader or a
@@ -50,14 +65,14 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
     >>> report = flowprune.analyze(model, [batch1, batch2], loss="lm")
     >>> print(report.to_markdown())
     """
-    bad = [c for c in criteria if c not in CRITERIA]
-    if bad:
-        raise InputError(f"unknown criteria {bad}; choose from {list(CRITERIA)}")
+    criteria = _criteria(criteria)
+    resolve(loss)  # an unknown loss name fails here, before any work
     from .flow import information_flow
     from .score.ablation import ablate
     from .score.baselines import magnitude, random_scores
     from .score.taylor import fisher, gradient_and_hessian
 
+    model = unwrap(model)  # torch.compile / DataParallel / DDP: score the module inside
     batches = as_batches(data, num_samples)
     x = example_inputs if example_inputs is not None else split_batch(batches[0])[0]
     extra = Engine.extra_kwargs(model)
@@ -73,6 +88,8 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
     with eng:
         eng.gates.check = False  # checked once on entry; later entries (plans) skip it
         cands = eng.candidates
+        if _check is not None:  # prune's budget, checked on the candidates before any scoring
+            _check(graph, cands)
         cols: dict[str, dict[str, float]] = {c.id: {} for c in cands}
 
         def stage(name: str, fn):
@@ -85,7 +102,7 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
         if "flow" in criteria:
             for cid, v in stage("flow", lambda: information_flow(eng, flows)).items():
                 cols[cid].update(v)
-        eng.references()
+        eng.check_finite()  # NaN/inf in an output or loss: an error naming the batch, before any score
         base = eng.loss()
         if "loss" in criteria:
             for cid, v in stage("loss", lambda: ablate(eng, base_loss=base)).items():
@@ -141,8 +158,22 @@ def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, c
 
     >>> small, report = flowprune.prune(model, batches, Budget(count=2))
     """
-    report = analyze(model, data, loss=loss, criteria=criteria_for(criterion, strategy, criteria),
-                     num_samples=num_samples, progress=progress)
+    # every choice is checked before any work; the budget once the candidates are known
+    budget = Budget.parse(budget)
+    check_choice("fill", fill, FILLS)
+    check_choice("kind", kind, KINDS)
+    check_strategy(strategy, criterion, COLUMNS, criterion if criterion in HESSIANS else None)
+    extra = _criteria(criteria)
+
+    def check(graph, cands) -> None:
+        kept = [c for c in cands if kind == "all" or c.kind == kind]
+        if cands and not kept:
+            raise InputError(f"{type(model).__name__} has no {kind!r} candidates (it has "
+                             f"{sorted({c.kind for c in cands})}): pass kind='all'")
+        check_budget(graph, kept, budget, fill)
+
+    report = analyze(model, data, loss=loss, criteria=criteria_for(criterion, strategy, extra),
+                     num_samples=num_samples, progress=progress, _check=check)
     if kind != "all":
         report.restrict(kind)
     plan = report.plan(budget, criterion=criterion, strategy=strategy, fill=fill)

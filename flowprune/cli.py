@@ -17,8 +17,8 @@ Exit codes: 0 success; 2 bad input or usage (one line on stderr naming the cause
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 from ._version import __version__
 from .errors import FlowpruneError, InputError
+from .saving import META
 
 CRITERIA = ("loss", "taylor2", "taylor2_diag", "taylor1", "fisher", "flow", "energy", "proximity", "llmdrop",
             "angular", "shortgpt", "kl", "spvr", "magnitude", "random")  # every column of a report
@@ -50,8 +51,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="python-docs (CPython's documentation, offline), wikitext2 (needs the hub), or "
                         "text:PATH (a UTF-8 file); default python-docs")
     p.add_argument("--loss", default="distill", choices=("distill", "lm"), help="calibration loss (default distill)")
-    p.add_argument("--num-samples", type=int, default=32, help="calibration sequences (default 32)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--num-samples", type=_positive, default=32, help="calibration sequences (default 32)")
+    p.add_argument("--seq-len", type=_positive, default=128, help="tokens per sequence (default 128)")
     p.add_argument("--out", type=Path, default=Path("flowprune-out"), help="output directory (default flowprune-out)")
     p.add_argument("--criteria", default="flow,loss,taylor2",
                    help="analyses computed for the report (default flow,loss,taylor2)")
@@ -68,18 +69,44 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number ≥ 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite number (no nan/inf)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
 def _json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``flowprune: error: ...``) and exit code 2, like every other
+    bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"flowprune: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flowprune", description="Trace, score and prune neural networks without fine-tuning.",
+    p = _Parser(prog="flowprune", description="Trace, score and prune neural networks without fine-tuning.",
                                 epilog="Exit codes: 0 success, 2 bad input, 1 unexpected error.")
     p.add_argument("--version", action="version", version=f"flowprune {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("prune", help="score, plan, rewrite and save a smaller model")
     _common(pr)
-    pr.add_argument("--budget", type=float, default=0.25,
+    pr.add_argument("--budget", type=_finite, default=0.25,
                     help="how much to remove, in --unit (default 0.25 of the parameters)")
     pr.add_argument("--unit", default="params", choices=("params", "flops", "count", "loss"),
                     help="params/flops: fraction to remove; count: number of removals; loss: max loss increase")
@@ -126,7 +153,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list, list | None, str]:
     try:
         from transformers import AutoTokenizer
 
-        model = load_pretrained(src) if os.path.isdir(src) else _hub(src)
+        # a folder flowprune saved (it holds flowprune.json) is verified and its plans replayed; any other
+        # is a plain Hugging Face checkpoint (folder or hub id)
+        model = load_pretrained(src) if os.path.isfile(os.path.join(src, META)) else _hf(src)
         tok = AutoTokenizer.from_pretrained(src)
     except FlowpruneError:
         raise
@@ -144,10 +173,52 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list, list | None, str]:
     return model.eval(), tok, calib, held, src
 
 
-def _hub(model_id: str):
-    from transformers import AutoModelForCausalLM
+def _hf(src: str):
+    """A Hugging Face checkpoint (folder or hub id) with the class its config names (a causal LM, an
+    encoder, ...), else AutoModelForCausalLM, else AutoModel."""
+    import transformers
 
-    return AutoModelForCausalLM.from_pretrained(model_id)
+    from .saving import _quiet_transformers
+
+    config = transformers.AutoConfig.from_pretrained(src)
+    named = [getattr(transformers, a, None) for a in getattr(config, "architectures", None) or []]
+    with _quiet_transformers():
+        if named and named[0] is not None:
+            return named[0].from_pretrained(src)
+        try:
+            return transformers.AutoModelForCausalLM.from_pretrained(src)
+        except ValueError:  # the config has no causal-LM class
+            return transformers.AutoModel.from_pretrained(src)
+
+
+def is_causal_lm(model: Any) -> bool:
+    """Whether ``model`` is a Hugging Face causal LM (next-token logits, so held-out perplexity and
+    ``--loss lm`` apply); decided from its class before any work."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    return type(model).__name__ in names
+
+
+def _check_request(args: argparse.Namespace) -> None:
+    """Everything that can be checked before a model is loaded or any work starts (exit 2 if wrong)."""
+    from .api import COLUMNS, _criteria
+    from .solve import HESSIANS, Budget, check_strategy
+
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file: pass a directory (it is created if missing)")
+    _criteria([c.strip() for c in args.criteria.split(",") if c.strip()])
+    if args.command != "prune":
+        return
+    model_dir = args.out / "model"
+    if model_dir.exists() and not (model_dir / META).is_file():
+        raise InputError(f"{model_dir} exists and was not written by flowprune: pass another --out, or move it")
+    if args.unit == "count" and (args.budget < 1 or args.budget != int(args.budget)):
+        raise InputError(f"--unit count needs a whole number of removals, e.g. --budget 2 (got {args.budget})")
+    args.budget_obj = Budget(**{"params": {"params": args.budget}, "flops": {"flops": args.budget},
+                                "count": {"count": int(args.budget)},
+                                "loss": {"max_loss_increase": args.budget}}[args.unit])
+    check_strategy(args.strategy, args.criterion, COLUMNS, args.criterion if args.criterion in HESSIANS else None)
 
 
 def _table(report, n: int = 40) -> str:
@@ -160,46 +231,48 @@ def _table(report, n: int = 40) -> str:
 
 def _prune(args: argparse.Namespace) -> int:
     from . import prune
-    from .data import perplexity
+    from .data import batch_size, perplexity, similarity
+    from .plan import signed
     from .saving import save_pretrained
-    from .solve import Budget
 
     t0 = time.perf_counter()
+    _check_request(args)
     model, tok, calib, held, src = _load(args)
-    if args.unit == "count" and (args.budget < 1 or args.budget != int(args.budget)):
-        raise InputError(f"--unit count needs a whole number of removals, e.g. --budget 2 (got {args.budget})")
-    budget = Budget(**{"params": {"params": args.budget}, "flops": {"flops": args.budget},
-                       "count": {"count": int(args.budget)}, "loss": {"max_loss_increase": args.budget}}[args.unit])
-    small, report = prune(model, calib, budget, criterion=args.criterion, strategy=args.strategy, loss=args.loss,
-                          fill=args.fill, kind=args.kind, progress=not args.no_progress,
+    lm = _check_lm(model, args)
+    small, report = prune(model, calib, args.budget_obj, criterion=args.criterion, strategy=args.strategy,
+                          loss=args.loss, fill=args.fill, kind=args.kind, progress=not args.no_progress,
                           criteria=[c.strip() for c in args.criteria.split(",") if c.strip()])
     plan = small.flowprune_plans[-1]
     out: dict[str, Any] = {"model": src, "plan": json.loads(plan.to_json()), "last": report.plans[-1],
                            "params_before": sum(p.numel() for p in model.parameters()),
                            "params_after": sum(p.numel() for p in small.parameters())}
-    if held is not None:
+    if held is not None and lm:
         out["heldout_ppl_before"] = perplexity(model, held)
         out["heldout_ppl_after"] = perplexity(small, held)
+    elif held is not None:  # no next-token logits: how close the pruned model's outputs stay
+        out["heldout_similarity"] = similarity(small, model, held)
     args.out.mkdir(parents=True, exist_ok=True)
     if hasattr(small, "save_pretrained"):
-        save_pretrained(small, args.out / "model", tokenizer=tok)
+        save_pretrained(small, args.out / "model", tokenizer=tok, overwrite=True)  # --out is ours to rewrite
     plan.to_json(args.out / "plan.json")
     _write_reports(report, args)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"model: {src}\ncalibration: {args.data}, {sum(len(b['input_ids']) if isinstance(b, Mapping) else 1 for b in calib)}"
+    print(f"model: {src}\ncalibration: {args.data}, {sum(batch_size(b) for b in calib)}"
           f" samples; loss {args.loss}\n\nCandidates, least important first (criterion columns: higher = keep):")
     print(_table(report))
     print(f"\n{plan}")
     last = report.plans[-1]
     print(f"\nparams {out['params_before']:,} -> {out['params_after']:,} "
-          f"(-{1 - out['params_after'] / out['params_before']:.1%}); calibration loss change: "
+          f"({signed(out['params_before'] - out['params_after'], out['params_before'])}); calibration loss change: "
           f"predicted {last['predicted'] if last['predicted'] is None else round(last['predicted'], 4)}, "
           f"measured {last['measured']:.4f} (gated), {last['measured_rewritten']:.4f} (rewritten, fill={args.fill})")
-    if held is not None:
+    if "heldout_ppl_after" in out:
         print(f"held-out perplexity {out['heldout_ppl_before']:.3f} -> {out['heldout_ppl_after']:.3f}")
+    elif "heldout_similarity" in out:
+        print(f"held-out similarity to the original (cosine of mean-pooled outputs): {out['heldout_similarity']:.4f}")
     print(f"wrote {args.out}/model, plan.json, report.json, report.md, report.html in {out['seconds']} s")
     return 0
 
@@ -207,7 +280,9 @@ def _prune(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from . import analyze
 
+    _check_request(args)
     model, _, calib, _, src = _load(args)
+    _check_lm(model, args)
     criteria = tuple(c.strip() for c in args.criteria.split(",") if c.strip())
     report = analyze(model, calib, loss=args.loss, criteria=criteria, progress=not args.no_progress)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +297,18 @@ def _analyze(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v['spearman']:.2f}" for k, v in report.fidelity.items()))
     print(f"\nwrote {args.out}/report.json, report.md and report.html")
     return 0
+
+
+def _check_lm(model: Any, args: argparse.Namespace) -> bool:
+    """Whether held-out perplexity applies; ``--loss lm`` on a model without next-token logits is refused
+    here, before the analysis."""
+    if args.model and args.model.startswith("zoo:"):
+        return False
+    lm = is_causal_lm(model)
+    if not lm and args.loss == "lm":
+        raise InputError(f"--loss lm needs a causal LM, and {type(model).__name__} has no next-token logits: "
+                         f"use --loss distill (the default: stay close to the original model's outputs)")
+    return lm
 
 
 def _write_reports(report, args: argparse.Namespace) -> None:

@@ -17,3 +17,14 @@ class TraceError(FlowpruneError, RuntimeError):
 
 class PlanError(FlowpruneError, ValueError):
     """A plan does not fit the model it is applied to (unknown module, other model, bad JSON)."""
+
+
+class CheckpointError(PlanError):
+    """A saved model folder is incomplete, corrupt, modified or not written by flowprune.save_pretrained."""
+
+
+class CandidateError(FlowpruneError, KeyError):
+    """A candidate id that the graph (or the gates) does not have; the message lists close ids."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""

@@ -7,6 +7,13 @@ On entry a numerical self-check runs one forward with every α = 0 on the graph'
 looks at each candidate's merge (its branch operand must be 0 and the merge output the sum of the other
 operands) and each layer (output == input).  A candidate failing it is dropped with a warning naming it.
 
+A per-call candidate (``"encoder.layer:layer@2"``, a module called several times per forward) is gated on
+that call only: a pre-hook numbers the module's calls (the count restarts at every forward of the root
+model, by a root pre-hook), and one forward hook per module applies the gate of the call that returns.
+Calls are numbered at entry and matched at exit through a stack, so re-entrant and nested shared modules
+are numbered as the trace numbers them.  Under replay (score/engine.py) a module that returns a recording
+does not make the calls inside it; the engine reports it (``skipped``) and the counts move past them.
+
 >>> with Gates(graph) as gates:
 ...     with gates.removed(["model.layers.1:layer"]):
 ...         logits = model(**batch).logits
@@ -16,13 +23,15 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
+from torch import nn
 
-from ._tree import first_tensor, replace_tensor_leaf
+from ._tree import first_tensor, replace_tensor_leaf, tensor_leaves
+from .errors import CandidateError
 from .graph import Candidate, FlowGraph
-from .graph.internal import internal
+from .graph.internal import internal, is_internal
 from .graph.tap import Tap
 from .graph.trace import call_model, eval_mode
 
@@ -43,6 +52,9 @@ class Gates:
         self.atol = atol
         self.failed: dict[str, str] = {}
         self._handles: dict[str, object] = {}
+        self._counts: dict[nn.Module, int] = {}  # per-call gating: calls so far in this forward
+        self._open: dict[nn.Module, list[int]] = {}  # indices of the calls running now (re-entrance)
+        self._inner: dict[int, dict[nn.Module, int]] = {}
         p = next(self.model.parameters(), None)
         self.device = p.device if p is not None else torch.device("cpu")
         self.alpha = torch.ones(len(self.candidates), device=self.device)
@@ -51,8 +63,7 @@ class Gates:
     # -- installation ------------------------------------------------------------------------------
     def __enter__(self) -> "Gates":
         try:
-            for c in self.candidates:
-                self._install(c)
+            self._install_all()
             if self.check:
                 self._self_check()
         except BaseException:
@@ -65,10 +76,70 @@ class Gates:
             h.remove()
         self._handles.clear()
 
-    def _install(self, c: Candidate) -> None:
-        module = self._modules[c.path]
-        i = len(self._handles)
-        self._handles[c.id] = module.register_forward_hook(self._hook(i, c), with_kwargs=True)
+    def _install_all(self) -> None:
+        shared: dict[nn.Module, dict[int, Callable]] = {}
+        for i, c in enumerate(self.candidates):
+            module = self._modules[c.path]
+            if c.call is None:
+                self._handles[c.id] = module.register_forward_hook(self._hook(i, c), with_kwargs=True)
+            else:
+                shared.setdefault(module, {})[c.call] = self._hook(i, c)
+        paths = {m: p for p, m in self._modules.items()}
+        self._counts = {m: 0 for m in shared}
+        self._open = {m: [] for m in shared}
+        self._inner = {}
+        for m, fns in shared.items():
+            n = len(self.graph.calls_of(paths[m]))
+            self._handles[f"@count:{paths[m]}"] = m.register_forward_pre_hook(self._counter(n))
+            self._handles[f"@gate:{paths[m]}"] = m.register_forward_hook(self._dispatch(fns), with_kwargs=True)
+        if shared:
+            self._handles["@reset"] = self.model.register_forward_pre_hook(self._resetter(), prepend=True)
+
+    def _counter(self, n: int) -> Callable:
+        def count(module, args):
+            if is_internal():  # as the trace: flowprune's own calls are not counted
+                return
+            k = self._counts[module]
+            self._counts[module] = k + 1
+            self._open[module].append(k % n if n else k)  # wraps around if a forward was cut short
+
+        count._flowprune_gate = True
+        return count
+
+    def _dispatch(self, fns: dict[int, Callable]) -> Callable:
+        def dispatch(module, args, kwargs, output):
+            if is_internal() or not self._open[module]:
+                return None
+            fn = fns.get(self._open[module].pop())
+            return None if fn is None else fn(module, args, kwargs, output)
+
+        dispatch._flowprune_gate = True
+        return dispatch
+
+    def _resetter(self) -> Callable:
+        # a closure, not a bound method: deepcopy (apply) copies a bound method's whole Gates object
+        def reset(module, args):
+            for m in self._counts:
+                self._counts[m] = 0
+                self._open[m].clear()
+
+        reset._flowprune_gate = True
+        return reset
+
+    def skipped(self, cid: int) -> None:
+        """Replay handed out a recording for traced call ``cid``: the calls inside it did not run, so the
+        per-call counts move past them (the next call of a shared module keeps its traced index)."""
+        if not self._counts:
+            return
+        if cid not in self._inner:
+            inner: dict[nn.Module, int] = {}
+            for x in self.graph.subtree(cid) - {cid}:
+                m = self._modules.get(self.graph.call(x).path)
+                if m in self._counts:
+                    inner[m] = inner.get(m, 0) + 1
+            self._inner[cid] = inner
+        for m, n in self._inner[cid].items():
+            self._counts[m] += n
 
     def _hook(self, i: int, c: Candidate):
         def branch(module, args, kwargs, output):
@@ -84,7 +155,13 @@ class Gates:
             with internal():
                 a = self.alpha[i]
                 x = first_tensor(args, kwargs)
-                return replace_tensor_leaf(output, 0, lambda y: x + a.to(device=y.device, dtype=y.dtype) * (y - x))
+                out = replace_tensor_leaf(output, 0, lambda y: x + a.to(device=y.device, dtype=y.dtype) * (y - x))
+                # side outputs (T5's position bias handed to the next blocks) go to zero with α, as the
+                # identity stub that replaces a removed layer returns zeros for them
+                for k in range(1, len(tensor_leaves(out))):
+                    out = replace_tensor_leaf(out, k, lambda z: z * a.to(device=z.device, dtype=z.dtype)
+                                              if z.is_floating_point() else z)
+                return out
 
         fn = branch if c.kind == "branch" else layer
         fn._flowprune_gate = True  # apply() strips these from the copies it makes
@@ -115,7 +192,7 @@ class Gates:
         alpha = self.alpha.detach().clone().to(self.device)
         for cid, v in values.items():
             if cid not in idx:
-                raise KeyError(f"{cid!r} is not gated here" + (f": {self.failed[cid]}" if cid in self.failed else ""))
+                raise CandidateError(f"{cid!r} is not gated here" + (f": {self.failed[cid]}" if cid in self.failed else ""))
             alpha[idx[cid]] = v
         self.alpha = alpha
 
@@ -143,7 +220,9 @@ class Gates:
         want_c = {self.graph.call(c.cid).key for c in self.candidates if c.kind == "layer"}
         captured: dict = {}
         tap = Tap(self.model, merges=want_m, calls=want_c,
-                  on_merge=lambda key, ops, res: captured.update({("ops", key): ops, ("res", key): res}),
+                  # copies: an in-place op after the merge (relu(x + f(x), inplace=True)) must not change them
+                  on_merge=lambda key, ops, res: captured.update({("ops", key): [o.clone() for o in ops],
+                                                                  ("res", key): res.clone()}),
                   on_call=lambda key, x, y: captured.update({("in", key): x, ("out", key): y.clone()}))
         saved = self.alpha
         self.alpha = torch.zeros(len(self.candidates), device=self.device)
@@ -159,7 +238,9 @@ class Gates:
                 bad.append((c, why))
         for c, why in bad:
             self.failed[c.id] = why
-            self._handles.pop(c.id).remove()
+            h = self._handles.pop(c.id, None)  # per-call gates share their module's hooks
+            if h is not None:
+                h.remove()
             warnings.warn(f"flowprune: dropping candidate {c.id}: {why}", stacklevel=3)
         if bad:
             keep = [i for i, c in enumerate(self.candidates) if c.id not in self.failed]
@@ -167,8 +248,7 @@ class Gates:
             for h in self._handles.values():
                 h.remove()
             self._handles.clear()
-            for c in self.candidates:
-                self._install(c)
+            self._install_all()
             self.alpha = saved[keep]
 
     def _check_one(self, c: Candidate, merges: dict, captured: dict) -> str | None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -70,10 +71,15 @@ class Plan:
     def from_graph(cls, graph: "FlowGraph", ids: Sequence[str], fill: str = "zeros") -> "Plan":
         cands = [graph.candidate(i) for i in dict.fromkeys(ids)]
         eff = graph.effect([c.id for c in cands], fill)
+        if eff.fill_params and eff.params < 0:
+            warnings.warn(f"fill={fill!r} adds {eff.fill_params:,} parameters, more than the {len(cands)} removals "
+                          f"save: the plan grows the model by {-eff.params:,} parameters "
+                          f"({signed(eff.params, graph.total_params)}); use fill='mean' or fill='zeros'",
+                          UserWarning, stacklevel=3)
         return cls(
             removals=tuple(Removal(c.id, c.kind, c.path, c.params, c.flops) for c in cands),
             replacements=eff.replacements,
-            fingerprint=fingerprint(graph.model),
+            fingerprint=graph.fingerprint,
             model_class=type(graph.model).__name__,
             params_before=graph.total_params,
             params_removed=eff.params,
@@ -91,7 +97,12 @@ class Plan:
         return [r.path for r in self.removals]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for r in d["replacements"]:  # per-call keys only where used: other plans read as before
+            for k in ("calls", "ncalls"):
+                if r.get(k) is None:
+                    r.pop(k, None)
+        return d
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The plan as JSON; also written atomically to ``path`` if given."""
@@ -113,10 +124,21 @@ class Plan:
 
     def __str__(self) -> str:
         lines = [f"Plan for {self.model_class} ({self.fingerprint}): {len(self.removals)} removals, "
-                 f"-{self.params_removed:,} of {self.params_before:,} params, "
-                 f"-{self.flops_removed / max(self.flops_before, 1):.1%} FLOPs"]
+                 f"{signed(self.params_removed)} of {self.params_before:,} params, "
+                 f"{signed(self.flops_removed, self.flops_before)} FLOPs"]
         lines += [f"  - {r.id}  ({r.params:,} params)" for r in self.removals]
         return "\n".join(lines)
+
+
+def signed(removed: float, before: float | None = None, minus: str = "-") -> str:
+    """An amount removed as a signed change: a saving is negative, a growth (fills adding more than the
+    removals save) positive.  With ``before``, as a percentage of it.
+
+    >>> signed(1234), signed(-1234), signed(94, 1000), signed(-94, 1000)
+    ('-1,234', '+1,234', '-9.4%', '+9.4%')
+    """
+    sign = minus if removed >= 0 else "+"
+    return f"{sign}{abs(removed) / max(before, 1):.1%}" if before is not None else f"{sign}{abs(removed):,}"
 
 
 def dump_json(obj: dict, path: str | os.PathLike | None = None) -> str:

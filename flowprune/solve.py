@@ -11,13 +11,15 @@ Candidates that overlap (a layer and a branch inside it) are never both chosen.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .errors import InputError
-from .graph.removal import within
+from .graph.removal import encloses
 
 if TYPE_CHECKING:
     from .graph import Candidate, FlowGraph
@@ -41,12 +43,22 @@ class Budget:
         set_ = [k for k in ("count", "params", "flops", "max_loss_increase") if getattr(self, k) is not None]
         if len(set_) != 1:
             raise InputError(f"Budget takes exactly one of count, params, flops, max_loss_increase; got {set_ or 'none'}")
-        for k in ("params", "flops"):
-            v = getattr(self, k)
-            if v is not None and not 0 < v <= 1:
-                raise InputError(f"Budget({k}={v}): a fraction in (0, 1], e.g. {k}=0.25 for a quarter")
-        if self.count is not None and self.count < 0:
-            raise InputError("Budget(count=...) must be >= 0")
+        key = set_[0]
+        v = getattr(self, key)
+        if key == "count":
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise InputError(f"Budget(count={v!r}): a whole number of removals, e.g. count=2")
+            if v < 0:
+                raise InputError(f"Budget(count={v}) must be >= 0")
+            return
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise InputError(f"Budget({key}={v!r}): a number, e.g. {key}={0.25 if key != 'max_loss_increase' else 0.1}")
+        if not math.isfinite(v):
+            raise InputError(f"Budget({key}={v}) is not a finite number: give e.g. {key}=0.25")
+        if key in ("params", "flops") and not 0 < v <= 1:
+            raise InputError(f"Budget({key}={v}): a fraction in (0, 1], e.g. {key}=0.25 for a quarter")
+        if key == "max_loss_increase" and v < 0:
+            raise InputError(f"Budget(max_loss_increase={v}) must be >= 0 (a ceiling on the loss increase)")
 
     @classmethod
     def parse(cls, value: "Budget | float | int | dict") -> "Budget":
@@ -54,6 +66,10 @@ class Budget:
         if isinstance(value, Budget):
             return value
         if isinstance(value, dict):
+            unknown = sorted(set(value) - {"count", "params", "flops", "max_loss_increase"})
+            if unknown:
+                raise InputError(f"budget dict has unknown keys {unknown}: use count, params, flops or "
+                                 f"max_loss_increase")
             return cls(**value)
         if isinstance(value, bool):
             raise InputError("budget must be a Budget, an int count or a float fraction of parameters")
@@ -74,8 +90,84 @@ class Budget:
         return eff.flops >= self.flops * graph.total_flops
 
 
+STRATEGIES = ("one_shot", "greedy", "quadratic")
+FILLS = ("zeros", "mean", "linear")
+KINDS = ("all", "branch", "layer")
+HESSIANS = ("taylor2", "fisher", "taylor2_diag")  # criteria that come with a gate-space matrix
+
+
+def check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
+    """InputError unless ``value`` is one of ``choices`` (checked before any work starts)."""
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"unknown {what} {value!r}: use one of {', '.join(choices)}")
+
+
+def check_strategy(strategy: str, criterion: str, known: list[str] | tuple[str, ...],
+                   hessian_kind: str | None = None) -> None:
+    """Raise InputError when ``criterion`` cannot drive ``strategy``: one_shot ranks by any computed
+    criterion; greedy always re-scores by the exact loss; quadratic minimises the Taylor prediction of
+    the report's gate-space matrix (``criterion`` "loss", the default, or that matrix's name).
+
+    >>> check_strategy("greedy", "flow", ["loss", "flow"])
+    Traceback (most recent call last):
+    InputError: ...
+    """
+    check_choice("strategy", strategy, STRATEGIES)
+    if not isinstance(criterion, str) or criterion not in known:
+        raise InputError(f"unknown criterion {criterion!r} for strategy {strategy!r}: this analysis has "
+                         f"{', '.join(known)}")
+    if strategy == "greedy" and criterion != "loss":
+        raise InputError(f"strategy='greedy' re-scores by the exact loss after every removal, so "
+                         f"criterion={criterion!r} would be ignored: pass criterion='loss', or "
+                         f"strategy='one_shot' to rank by {criterion}")
+    if strategy == "quadratic" and criterion != "loss" and criterion != hessian_kind:
+        have = f"the {hessian_kind} matrix" if hessian_kind else "no gate-space matrix"
+        raise InputError(f"strategy='quadratic' minimises the Taylor prediction of a gate-space matrix "
+                         f"({', '.join(HESSIANS)}); criterion={criterion!r} is not it (this analysis has "
+                         f"{have}): pass criterion='loss' for the analysis' own matrix")
+
+
+def max_removals(cands: list["Candidate"]) -> int:
+    """The most candidates one plan can remove: those with no other candidate inside them (a layer
+    and a branch inside it exclude each other; nesting is a forest, whose leaves are its largest
+    antichain)."""
+    uniq = list({(c.path, c.call): c for c in cands}.values())  # per-call: each call of a shared module
+    return sum(1 for c in uniq if not any(d is not c and encloses(c, d) for d in uniq))
+
+
+def reachable(graph: "FlowGraph", cands: list["Candidate"], fill: str = "zeros") -> tuple[int, int]:
+    """(params, FLOPs) removed by the outermost candidates together: the most any plan can remove."""
+    outer = [c for c in cands if not any(o.path != c.path and encloses(o, c) for o in cands)]
+    seen: dict[tuple, "Candidate"] = {}
+    for c in outer:
+        seen.setdefault((c.path, c.call), c)
+    eff = graph.effect([c.id for c in seen.values()], fill)
+    return eff.params, eff.flops
+
+
+def check_budget(graph: "FlowGraph", cands: list["Candidate"], budget: Budget, fill: str = "zeros") -> None:
+    """InputError when no plan over ``cands`` can meet ``budget``, naming the most that can be reached."""
+    if not cands:
+        raise InputError(f"{type(graph.model).__name__} has no removal candidates (no residual branch, concat "
+                         f"input or removable layer was found), so nothing can be pruned; "
+                         f"see FlowGraph.summary() and the README's candidate rules")
+    if budget.count is not None and budget.count > max_removals(cands):
+        raise InputError(f"Budget(count={budget.count}) asks for more removals than can be made together: "
+                         f"at most {max_removals(cands)} of the {len(cands)} candidates (a layer and a branch "
+                         f"inside it exclude each other)")
+    for key, total, k in (("params", graph.total_params, 0), ("flops", graph.total_flops, 1)):
+        want = getattr(budget, key)
+        if want is None:
+            continue
+        most = reachable(graph, cands, fill)[k] / max(total, 1)
+        if want > most + 1e-12:
+            raise InputError(f"Budget({key}={want}) cannot be met: removing every candidate removes at most "
+                             f"{most:.1%} of the {key} (fill={fill!r}); ask for at most {most:.3f}")
+
+
 def overlaps(a: "Candidate", b: "Candidate") -> bool:
-    return within(a.path, b.path) or within(b.path, a.path)
+    """One inside the other (for per-call candidates: their calls nest; two calls of one module do not)."""
+    return encloses(a, b) or encloses(b, a)
 
 
 def _free(c: "Candidate", chosen: list["Candidate"]) -> bool:

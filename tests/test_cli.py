@@ -48,3 +48,25 @@ def test_bad_input_is_one_line_and_exit_2(argv, match, capsys):
     assert main(argv + (["--no-progress"] if argv[0] != "report" else [])) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("flowprune: error: ") and match in err and "\n" not in err
+
+
+def test_an_encoder_without_lm_logits_is_judged_by_similarity(tmp_path, capsys):
+    """A sentence-embedding style encoder (a plain HF folder, not written by flowprune): no next-token
+    logits, so held-out perplexity does not apply; the command reports how close the pruned model's
+    mean-pooled outputs stay to the original's instead of failing after the analysis."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(default_model())
+    torch.manual_seed(0)
+    enc = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64))
+    enc.save_pretrained(tmp_path / "enc")
+    tok.save_pretrained(tmp_path / "enc")
+    rc = main(["prune", "--model", str(tmp_path / "enc"), "--num-samples", "4", "--seq-len", "16", "--budget", "1",
+               "--unit", "count", "--criteria", "loss", "--curves", "0", "--out", str(tmp_path / "o"), "--json",
+               "--no-progress"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert "heldout_ppl_after" not in res and -1 <= res["heldout_similarity"] <= 1
+    assert res["params_after"] < res["params_before"]

@@ -53,7 +53,9 @@ def layer_stacks(model: nn.Module) -> list[str]:
     n = num_layers(model)
     if n is None:
         return []
-    return [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    # a list of different module types (T5's [self-attention, FFN] per block) is not a layer stack
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.ModuleList) and len(m) == n and len({type(x) for x in m}) == 1]
 
 
 def sync_config(model: nn.Module, removed: list[int], old_len: int) -> None:
@@ -67,7 +69,10 @@ def sync_config(model: nn.Module, removed: list[int], old_len: int) -> None:
         if key in ad.keep_keys or key.startswith("_"):
             continue
         if isinstance(value, (list, tuple)) and (len(value) == old_len or key in ad.per_layer_keys):
-            setattr(config, key, type(value)(value[i] for i in keep))
+            try:
+                setattr(config, key, type(value)(value[i] for i in keep))
+            except Exception:  # a strict config (StrictDataclassFieldValidationError) refusing it: a pair, not per-layer values
+                pass
 
 
 def renumber(stack: nn.ModuleList, model: nn.Module) -> None:

@@ -3,8 +3,8 @@ of batches, and split a batch into model inputs and labels."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
-
 from typing import Any, Iterable
 
 import torch
@@ -13,6 +13,7 @@ from ..errors import InputError
 from .._tree import tensor_leaves
 
 LABEL_KEYS = ("labels", "label")
+STREAM_SAMPLES = 256  # samples read from an iterator without a length when num_samples is not given
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
@@ -74,19 +75,45 @@ def as_batches(data: Any, num_samples: int | None = None, batch_size_: int = 8) 
     else:
         raise InputError(f"data must be an iterable of batches, a DataLoader, a datasets.Dataset or a tensor, "
                          f"got {type(data).__name__}")
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                    or num_samples < 1):
+        raise InputError(f"num_samples={num_samples!r}: a whole number of samples ≥ 1 (or None for all)")
+    cap = num_samples
+    if cap is None and not _has_len(batches):
+        cap = STREAM_SAMPLES  # a stream (generator, IterableDataset) may never end
     out, n = [], 0
     for b in batches:
-        if num_samples is not None and n >= num_samples:
+        if cap is not None and n >= cap:
+            if num_samples is None:
+                warnings.warn(f"read the first {cap} samples of a stream without a length and stopped: "
+                              f"pass num_samples= to read more or fewer", stacklevel=2)
             break
         size = batch_size(b)
-        if num_samples is not None and n + size > num_samples:
-            b = _cut(b, num_samples - n)
-            size = num_samples - n
+        if cap is not None and n + size > cap:
+            b = _cut(b, cap - n)
+            size = cap - n
+        _check_finite(b, len(out))
         out.append(b)
         n += size
     if not out:
         raise InputError("data gave no batch: pass at least one batch of calibration inputs")
     return out
+
+
+def _has_len(obj: Any) -> bool:
+    try:
+        len(obj)  # a DataLoader over an IterableDataset has __len__ but raises TypeError
+        return True
+    except TypeError:
+        return False
+
+
+def _check_finite(batch: Any, index: int) -> None:
+    """InputError naming calibration batch ``index`` when one of its floating tensors holds NaN or inf."""
+    for t in tensor_leaves(batch):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise InputError(f"calibration batch {index} contains NaN or inf ({int((~torch.isfinite(t)).sum())} "
+                             f"values in a {list(t.shape)} tensor): clean or drop that batch")
 
 
 def _cut(batch: Any, k: int) -> Any:
@@ -99,7 +126,7 @@ def _cut(batch: Any, k: int) -> Any:
     return batch
 
 
-from .text import perplexity, python_docs, python_docs_text, text_files, wikitext  # noqa: E402
+from .text import perplexity, python_docs, python_docs_text, similarity, text_files, wikitext  # noqa: E402
 
 __all__ = ["as_batches", "split_batch", "batch_size", "wikitext", "python_docs", "python_docs_text",
-           "text_files", "perplexity"]
+           "text_files", "perplexity", "similarity"]

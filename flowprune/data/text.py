@@ -113,3 +113,32 @@ def perplexity(model: torch.nn.Module, data: Iterable[dict]) -> float:
             total += float((per * tokens).sum())
             count += float(tokens.sum())
     return math.exp(total / max(count, 1))
+
+
+def similarity(model: torch.nn.Module, original: torch.nn.Module, data: Iterable[Any]) -> float:
+    """Mean cosine similarity between the mean-pooled outputs of ``model`` and ``original`` (padding
+    masked by ``attention_mask``): how close a pruned encoder's embeddings stay, where perplexity does
+    not apply.  1.0 = identical directions.
+
+    >>> flowprune.data.similarity(small, model, flowprune.data.python_docs(tok, split="test"))
+    """
+    from ..graph.trace import call_model, eval_mode
+    from ..score.losses import hidden_of, logits_of
+
+    def pooled(m: torch.nn.Module, batch: Any) -> torch.Tensor:
+        out = call_model(m, batch)
+        h = logits_of(out) if getattr(out, "last_hidden_state", None) is None else None
+        h = hidden_of(out) if h is None else h
+        h = h.float().reshape(h.shape[0], -1, h.shape[-1]) if h.dim() > 2 else h.float()[:, None]
+        mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        w = mask.to(h.device, h.dtype)[..., None] if mask is not None and mask.shape == h.shape[:2] else \
+            torch.ones_like(h[..., :1])
+        return (h * w).sum(1) / w.sum(1).clamp_min(1)  # [B, T, D] -> [B, D]
+
+    total, count = 0.0, 0
+    with torch.no_grad(), eval_mode(model), eval_mode(original):
+        for batch in data:
+            cos = torch.cosine_similarity(pooled(model, batch), pooled(original, batch), dim=-1)  # [B]
+            total += float(cos.sum())
+            count += len(cos)
+    return total / max(count, 1)

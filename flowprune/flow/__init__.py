@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..graph.tap import Tap
-from ..graph.removal import within
+from ..graph.removal import encloses
 from ..score.engine import Engine, _clone
 
 
@@ -140,12 +140,12 @@ def information_flow(eng: Engine, graph_flow: dict | None = None) -> dict[str, d
             out[c.id] = {**lstats[c.id].local(1), "flow": 0.0}
     for c in eng.candidates:  # a layer carries the flow of its branches, or all of its output's
         if c.kind == "layer" and c.id in out:
-            inner = [out[b.id]["flow"] for b in eng.candidates if b.kind == "branch" and within(b.path, c.path) and b.id in out]
+            inner = [out[b.id]["flow"] for b in eng.candidates if b.kind == "branch" and encloses(c, b) and b.id in out]
             out[c.id]["flow"] = sum(inner) if inner else sum(flow.get(v, 0.0) for v in g.call(c.cid).out_producers)
     for c in eng.candidates:
         if c.id not in out:
             continue
-        enclosing = [l for l in eng.candidates if l.kind == "layer" and within(c.path, l.path) and l.id in out]
+        enclosing = [l for l in eng.candidates if l.kind == "layer" and encloses(l, c) and l.id in out]
         host = max(enclosing, key=lambda l: len(l.path)) if enclosing else c
         out[c.id]["shortgpt"] = out[host.id]["llmdrop"]
     return out

@@ -7,18 +7,20 @@ from typing import Any
 from torch import nn
 
 from .flowgraph import Candidate, FlowGraph
-from .trace import check_inputs, record
+from .trace import check_inputs, record, unwrap
 
 
 def trace(model: nn.Module, example_inputs: Any) -> FlowGraph:
     """Run ``model`` once on ``example_inputs`` (a tensor, a tuple of positional inputs or a dict of
     keyword inputs) and return its FlowGraph.  The model runs in eval mode without gradients and is
-    left as it was.
+    left as it was.  A ``torch.compile``d model, ``nn.DataParallel`` or ``DistributedDataParallel`` is
+    unwrapped first: the graph's model is the original module, and its paths have no wrapper prefix.
 
     >>> g = flowprune.trace(model, {"input_ids": ids})
     >>> g.nx.number_of_nodes(), len(g.candidates())
     """
     check_inputs(model, example_inputs)
+    model = unwrap(model)
     rec, _ = record(model, example_inputs)
     return FlowGraph(model, example_inputs, rec)
 

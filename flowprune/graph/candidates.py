@@ -3,13 +3,18 @@
 Branch: a term t of an add (nested adds whose only consumer is the outer add are flattened, so the
 parallel attention+MLP of Falcon gives two branches), or an input t of a concat (DenseNet's
 ``cat([x, f(x)])``: removal leaves zeros in t's channels), such that
-  * t is exactly the output of one module call (the *gate* module, called once in the forward),
+  * t is exactly the output of one module call (the *gate* module's call),
   * that output is consumed only by this add,
   * another term s of the sum is an ancestor of t (t = f(s): s is the skip, t the branch).
-Layer: a module call (called once, with parameters) whose primary output has the shape and dtype of its
+Layer: a module call (of a module with parameters) whose primary output has the shape and dtype of its
 primary input, that is a residual block (an add inside it takes the block input as a term) or an element
 of an ``nn.Sequential``/``nn.ModuleList``, and that is neither a branch nor dead when a branch is removed
 nor a lone normalisation module.
+Shared modules: a module called several times in one forward (shared weights) is judged call by call;
+each call that passes gives a per-call candidate ``"<path>:<kind>@<k>"`` (k: the call's index in the
+forward, from 0), so a residual branch inside an ALBERT layer gives one branch per layer call too.  Only
+when every call returns the same output structure (one stub must stand for any of them); a module
+called once keeps its id ``"<path>:<kind>"``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import networkx as nx
 from torch import nn
 
 from ..adapters import layer_stacks
-from .recorder import MergeRecord, Operand
+from .recorder import MergeRecord, Operand, indexed_inputs
 from .removal import effect, within
 
 if TYPE_CHECKING:
@@ -47,11 +52,32 @@ def _module_calls(graph: "FlowGraph") -> dict[str, int]:
     return counts
 
 
+def _same_structures(calls: list) -> bool:
+    return len({(repr(c.structure), repr(c.identity_structure)) for c in calls}) == 1
+
+
 def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
-    from .flowgraph import Candidate
+    from .flowgraph import Candidate, call_id
 
     G = graph.nx
     ncalls = _module_calls(graph)
+    # what flowprune already put in (stubs of an earlier plan) is never offered for removal again
+    stubs = [n for n, m in graph.model.named_modules() if getattr(type(m), "flowprune_stub", False)]
+    for path in [p for p in ncalls if any(within(p, s) for s in stubs)]:
+        ncalls[path] = 0
+    # a module called several times gives one candidate per call when one stub can stand for any call
+    # (the same output structure every time); calls an earlier plan already skips are not offered again
+    per_call = {p for p, n in ncalls.items() if n > 1 and _same_structures(graph.calls_of(p))}
+    skipped = {(n, k) for n, m in graph.model.named_modules()
+               for k in getattr(vars(m).get("forward"), "flowprune_skipped", ())}
+
+    def callable_once_or_each(rec) -> bool:
+        n = ncalls[rec.path]
+        return n == 1 or (rec.path in per_call and (rec.path, rec.k) not in skipped)
+
+    def index(rec) -> int | None:
+        return rec.k if ncalls[rec.path] > 1 else None
+
     by_vid = {m.vid: m for m in graph.merges}
     anc_cache: dict[str, set] = {}
 
@@ -74,15 +100,16 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
                 continue
             cid, leaf_idx = op.origin
             rec = graph.call(cid)
-            if cid == 0 or cid in branches or ncalls[rec.path] != 1 or rec.structure is None:
+            if cid == 0 or cid in branches or not callable_once_or_each(rec) or rec.structure is None:
                 continue
             if graph.consumers.get(cid, set()) != {enters}:
                 continue
             anc = ancestors(op.producers)
             if not any(s.producers & anc for k, (s, _, _) in enumerate(terms) if k != j):
                 continue
-            branches[cid] = Candidate(id=f"{rec.path}:branch", kind="branch", path=rec.path, merge=enters,
-                                      operand=pos, out_index=leaf_idx, cid=cid)
+            branches[cid] = Candidate(id=call_id(rec.path, "branch", index(rec)), kind="branch", path=rec.path,
+                                      merge=enters, operand=pos, out_index=leaf_idx, cid=cid, call=index(rec),
+                                      span=(rec.start, rec.end))
     effects = {cid: effect(graph, [c]) for cid, c in branches.items()}
     cands = [replace(c, params=effects[cid].params, flops=effects[cid].flops) for cid, c in branches.items()]
     regions = [r.path for e in effects.values() for r in e.replacements]
@@ -96,11 +123,12 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
             adds_by_cid.setdefault(m.cid, []).append(m)
     layers = []
     for rec in graph.calls[1:]:
-        if ncalls[rec.path] != 1 or rec.identity_structure is None or rec.in_shape is None:
+        if not callable_once_or_each(rec) or rec.identity_structure is None or rec.in_shape is None:
             continue
         if rec.in_shape != rec.out_shape or rec.in_dtype != rec.out_dtype or not rec.out_dtype.is_floating_point:
             continue
-        if any(within(rec.path, r) for r in regions) or graph.params_within([rec.path]) == 0:
+        owners = [rec.path] if index(rec) is None else graph.aliases(rec.path)  # a list may hold it twice
+        if any(within(rec.path, r) for r in regions) or graph.params_within(owners) == 0:
             continue
         if rec.leaf and "Norm" in rec.type_name:
             continue  # a lone normalisation is not a layer anyone means to drop (its removal rescales)
@@ -112,8 +140,11 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
         if not (residual or in_container):
             continue
         parent_path = rec.path.rsplit(".", 1)[0] if "." in rec.path else ""
-        c = Candidate(id=f"{rec.path}:layer", kind="layer", path=rec.path, cid=rec.cid,
-                      deletable=parent_path in stacks and isinstance(parent, nn.ModuleList))
+        c = Candidate(id=call_id(rec.path, "layer", index(rec)), kind="layer", path=rec.path, cid=rec.cid,
+                      deletable=index(rec) is None and parent_path in stacks and isinstance(parent, nn.ModuleList)
+                      and not indexed_inputs([s for s in graph.calls if s.parent == rec.parent
+                                              and s.path.rpartition(".")[0] == parent_path]),
+                      call=index(rec), span=(rec.start, rec.end))
         e = effect(graph, [c])
         layers.append(replace(c, params=e.params, flops=e.flops))
     order = {c.cid: i for i, c in enumerate(graph.calls)}

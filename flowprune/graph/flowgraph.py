@@ -10,7 +10,7 @@ import networkx as nx
 from torch import nn
 
 from .recorder import CallRecord, MergeRecord, Recorder
-from .removal import Effect, effect, within
+from .removal import Effect, effect, encloses, within  # noqa: F401  (encloses: re-exported)
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -22,7 +22,13 @@ class Candidate:
     (``kind="layer"``: a block whose output has its input's shape, removal = identity).
 
     ``id`` is ``"<module path>:<kind>"``; ``path`` is the gated module; ``params``/``flops`` are what
-    the rewrite saves when this candidate alone is removed.
+    the rewrite saves when this candidate alone is removed.  A module called several times in one
+    forward (shared weights, ALBERT's ``for i in range(n): x = self.layer(x)``) gives one candidate per
+    call: ``"<module path>:<kind>@<k>"`` with ``call=k``, the k-th call (from 0) in the forward; removing
+    it skips that call only (it saves its FLOPs, and the module's parameters once every call is gone).
+
+    >>> Candidate("encoder.layer:layer@2", "layer", "encoder.layer", call=2).call
+    2
     """
 
     id: str
@@ -35,6 +41,13 @@ class Candidate:
     out_index: int = 0  # which tensor of the module's output is gated
     deletable: bool = False  # layer: can be deleted from a Hugging Face layer stack
     cid: int = field(default=-1, repr=False, compare=False)
+    call: int | None = None  # the gated call of a module called several times (None: called once)
+    span: tuple[int, int] | None = field(default=None, repr=False, compare=False)  # (start, end) of that call
+
+
+def call_id(path: str, kind: str, call: int | None = None) -> str:
+    """A candidate id: ``"path:kind"`` for a module called once, ``"path:kind@k"`` for its k-th call."""
+    return f"{path}:{kind}" if call is None else f"{path}:{kind}@{call}"
 
 
 class FlowGraph:
@@ -48,7 +61,12 @@ class FlowGraph:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, rec: Recorder):
+        from ..plan import fingerprint
+
         self.model = model
+        # the model as traced: a plan made from this graph is for this structure only (checked again
+        # when planning and when the plan is applied)
+        self.fingerprint = fingerprint(model)
         self.example_inputs = example_inputs
         self.nx: nx.DiGraph = rec.graph
         self.calls: list[CallRecord] = rec.calls
@@ -71,6 +89,29 @@ class FlowGraph:
 
     def calls_of(self, path: str) -> list[CallRecord]:
         return self._by_path.get(path, [])
+
+    def subtree(self, cid: int) -> set[int]:
+        """Call ``cid`` and every call made while it ran (cached)."""
+        cache = self.__dict__.setdefault("_subtree", {})
+        if cid not in cache:
+            out, todo = set(), [cid]
+            while todo:
+                c = todo.pop()
+                out.add(c)
+                todo += self.calls[c].children
+            cache[cid] = out
+        return cache[cid]
+
+    def aliases(self, path: str) -> list[str]:
+        """Every path of the module object at ``path`` (``path`` first): a list that holds one module twice
+        (``nn.ModuleList([blk, blk])``) gives ``["layers.0", "layers.1"]``; submodules likewise."""
+        cache = self.__dict__.get("_aliases")
+        if cache is None:
+            by_obj: dict[int, list[str]] = {}
+            for name, m in self.model.named_modules(remove_duplicate=False):
+                by_obj.setdefault(id(m), []).append(name)
+            cache = self.__dict__["_aliases"] = {n: ns for ns in by_obj.values() for n in ns}
+        return [path] + [p for p in cache.get(path, [path]) if p != path]
 
     def owner_path(self, v: str) -> str:
         """Module path of the call that owns vertex ``v`` (a leaf's own path, a merge's enclosing module)."""
@@ -132,8 +173,10 @@ class FlowGraph:
                 return c
         import difflib
 
+        from ..errors import CandidateError
+
         close = difflib.get_close_matches(cid, [c.id for c in self.candidates()], n=3)
-        raise KeyError(f"no candidate {cid!r}" + (f"; did you mean {close}?" if close else ""))
+        raise CandidateError(f"no candidate {cid!r}" + (f"; did you mean {close}?" if close else ""))
 
     def effect(self, ids: Iterable[str], fill: str = "zeros") -> Effect:
         """Replacements, parameters and FLOPs saved by removing the candidates ``ids`` together."""
@@ -142,9 +185,20 @@ class FlowGraph:
     def plan(self, ids: Iterable[str], fill: str = "zeros") -> "Plan":
         """A Plan removing the candidates ``ids`` (see ``flowprune.apply``); removed branches are
         replaced by zeros, or with ``fill="mean"``/``"linear"`` by a compensation fitted at apply time."""
-        from ..plan import Plan
+        from ..errors import InputError, PlanError
+        from ..plan import Plan, fingerprint
 
-        return Plan.from_graph(self, list(ids), fill)
+        if isinstance(ids, str):
+            raise InputError(f"graph.plan takes a list of candidate ids, got the string {ids!r}: "
+                             f"pass [{ids!r}]")
+        if fingerprint(self.model) != self.fingerprint:
+            raise PlanError("the model changed since this graph was traced (e.g. by apply_), so the graph's "
+                            "candidates no longer describe it: trace the model again and plan from the new graph")
+        ids = list(ids)
+        unknown = [i for i in ids if not isinstance(i, str) or i not in {c.id for c in self.candidates()}]
+        if unknown:
+            self.candidate(str(unknown[0]))  # KeyError naming close ids
+        return Plan.from_graph(self, ids, fill)
 
     def summary(self) -> str:
         """A plain-text table of the candidates."""

@@ -74,10 +74,33 @@ class CallRecord:
     start: int = 0  # event order: a call that ended before another started cannot depend on it
     end: int = 0
     _in_metas: list = field(default_factory=list, repr=False)
+    side_views: list = field(default_factory=list, repr=False)  # (storage ptr, offset) of non-primary inputs
 
     @property
     def key(self) -> str:
         return call_key(self.path, self.k)
+
+
+def _views(ts: list[torch.Tensor]) -> list[tuple[int, int]]:
+    out = []
+    for t in ts:
+        try:
+            out.append((t.untyped_storage().data_ptr(), t.storage_offset()))
+        except (RuntimeError, NotImplementedError, AttributeError):  # nested, sparse, meta: no plain storage
+            pass
+    return out
+
+
+def indexed_inputs(calls: list[CallRecord]) -> bool:
+    """True if these calls (the layers of one list) got different slices of one tensor as side inputs:
+    the parent indexes a per-layer tensor by the loop index (Gemma-3n style per-layer inputs
+    ``per_layer_inputs[:, :, i]``), so deleting a layer would hand the next one the wrong slice."""
+    seen: dict[int, set[int]] = {}
+    for c in calls:
+        for ptr, off in c.side_views:
+            if ptr:
+                seen.setdefault(ptr, set()).add(off)
+    return any(len(offs) > 1 for offs in seen.values())
 
 
 class Recorder(CallStack):
@@ -144,6 +167,7 @@ class Recorder(CallStack):
                 rec.in_producers = m.producers if m else frozenset()
                 rec.in_shape, rec.in_dtype = tuple(x.shape), x.dtype
             rec._in_metas = [(t, m) for t in flat_tensors(args, kwargs) if (m := self.meta(t)) is not None]
+            rec.side_views = _views([t for t in flat_tensors(args, kwargs) if t is not x])
             self.calls.append(rec)
             return rec
 

@@ -15,6 +15,29 @@ from .._tree import tensor_leaves
 from .recorder import Recorder
 
 
+def unwrap(model: Any) -> Any:
+    """The module a wrapper runs: ``torch.compile(m)`` -> ``m`` (``_orig_mod``), ``nn.DataParallel(m)`` and
+    ``DistributedDataParallel(m)`` -> ``m`` (``.module``), repeatedly; anything else as it is.
+
+    trace, analyze and apply all see the unwrapped model, so module paths carry no ``_orig_mod.`` /
+    ``module.`` prefix and a plan made on a wrapper applies to the bare model and to any wrapper of it.
+    Tracing runs the original eagerly (a TorchFunctionMode cannot observe compiled code).  Raises
+    InputError for FSDP, whose parameters are sharded across processes.
+    """
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        if type(model).__name__.startswith("FullyShardedDataParallel") or type(model).__name__.startswith("FSDP"):
+            raise InputError(f"{type(model).__name__} shards the parameters across processes: trace, analyze "
+                             f"and prune the model before wrapping it in FSDP, then wrap the pruned model")
+        if isinstance(model, (DataParallel, DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module) and type(model).__name__ == "OptimizedModule":
+            model = model._orig_mod
+        else:
+            return model
+
+
 def check_inputs(model: Any, example_inputs: Any) -> None:
     """Raise InputError unless ``model`` is an nn.Module and ``example_inputs`` a tensor, tuple or dict."""
     if not isinstance(model, nn.Module):

@@ -15,7 +15,7 @@ from scipy import stats
 from .._version import __version__
 from ..errors import InputError, PlanError
 from ..plan import Plan, dump_json, load_json, write_atomic
-from ..solve import Budget, greedy, one_shot, quadratic
+from ..solve import FILLS, Budget, check_budget, check_choice, check_strategy, greedy, one_shot, quadratic
 
 if TYPE_CHECKING:
     from ..score.engine import Engine
@@ -117,6 +117,7 @@ class Report:
     # -- plans ----------------------------------------------------------------------------------------
     def restrict(self, kind: str) -> "Report":
         """Keep only ``kind`` ("branch" or "layer") candidates for planning (rows, g and H alike); in place."""
+        check_choice("kind", kind, ("branch", "layer"))
         keep = [k for k, r in enumerate(self.candidates) if r["kind"] == kind]
         if not keep:
             raise InputError(f"this report has no {kind!r} candidates")
@@ -148,9 +149,14 @@ class Report:
         from ..score.ablation import exact_rescore
 
         budget = Budget.parse(budget)
+        check_choice("fill", fill, FILLS)
+        check_strategy(strategy, criterion, self.criteria, self.data.get("hessian_kind"))
+        if strategy == "quadratic" and self.hessian is None:
+            raise InputError("strategy='quadratic' needs the gate Hessian: analyze with 'taylor2' or 'fisher'")
         eng = self._live()
         graph = eng.graph
         cands = [graph.candidate(r["id"]) for r in self.candidates]
+        check_budget(graph, cands, budget, fill)
         predicted = None
         with eng:
             if strategy == "one_shot":
@@ -162,8 +168,6 @@ class Report:
                 ids = greedy(graph, cands, budget, exact_rescore(eng, self.base_loss), fill)
                 criterion = "loss"
             elif strategy == "quadratic":
-                if self.hessian is None:
-                    raise InputError("strategy='quadratic' needs the gate Hessian: analyze with 'taylor2' or 'fisher'")
                 index = {r["id"]: k for k, r in enumerate(self.candidates)}
                 ids = quadratic(graph, cands, self.gradient, self.hessian, budget, index, fill)
                 criterion = self.data["hessian_kind"]

@@ -110,9 +110,12 @@ def _label_candidates(ax, nodes: list[dict], pos: dict, y: float, most: int = 48
     """Name the layers (or, without layer candidates, the branches) under the vertices they remove, so
     the graph can be read against the tables: the last two parts of the module path, e.g. "layers.5"."""
     cands = {n["candidate"] for n in nodes if n["candidate"]}
-    kind = "layer" if any(c.endswith(":layer") for c in cands) else "branch"
+    def kind_of(c: str) -> str:  # "path:layer" or, one call of a shared module, "path:layer@2"
+        return c.rsplit(":", 1)[-1].split("@")[0]
+
+    kind = "layer" if any(kind_of(c) == "layer" for c in cands) else "branch"
     groups: dict[str, list[float]] = {}
-    for c in (c for c in cands if c.endswith(":" + kind)):
+    for c in (c for c in cands if kind_of(c) == kind):
         root = c.rsplit(":", 1)[0]  # the vertices of the module (merges belong to their enclosing module)
         xs = [pos[n["id"]][0] for n in nodes if n["path"] == root or n["path"].startswith(root + ".")]
         groups[c] = xs or [pos[n["id"]][0] for n in nodes if n["candidate"] == c]

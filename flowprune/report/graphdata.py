@@ -21,8 +21,12 @@ def graph_data(graph: "FlowGraph", cands: Sequence["Candidate"], graph_flow: dic
     eflow = (graph_flow or {}).get("edges", {})
     owner: dict[str, tuple[tuple[int, int], str]] = {}  # vertex -> ((branch first, size), candidate id)
     for c in cands:
-        paths = [r.path for r in graph.effect([c.id]).replacements]
+        reps = graph.effect([c.id]).replacements
+        paths = [r.path for r in reps if r.calls is None or r.every_call]
         verts = set().union(*(graph.vertices_within(p) for p in paths)) if paths else set()
+        if any(r.calls is not None and not r.every_call for r in reps):  # one call of a shared module
+            calls = graph.subtree(c.cid)
+            verts |= {v for v, d in graph.nx.nodes(data=True) if d.get("cid") in calls}
         key = (0 if c.kind == "branch" else 1, len(verts))
         for v in verts:
             if v not in owner or key < owner[v][0]:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from ..plan import signed
+
 Table = tuple[list[str], list[list[str]]]
 
 
@@ -42,8 +44,8 @@ def plans(d: dict) -> Table:
     for p in d["plans"]:
         lat = p.get("latency") or {}
         rows.append([p["strategy"], p["criterion"], p.get("fill", "zeros"), ", ".join(p["removals"]) or "–",
-                     f"{P:,} → {P - p['params_removed']:,} (−{p['params_removed'] / max(P, 1):.1%})",
-                     f"{F:,} → {F - p['flops_removed']:,} (−{p['flops_removed'] / max(F, 1):.1%})",
+                     f"{P:,} → {P - p['params_removed']:,} ({signed(p['params_removed'], P, '−')})",
+                     f"{F:,} → {F - p['flops_removed']:,} ({signed(p['flops_removed'], F, '−')})",
                      f"{_ms(lat.get('before'))} → {_ms(lat.get('after'))}" if lat else "–",
                      fmt(p.get("predicted")), fmt(p.get("measured")), fmt(p.get("measured_rewritten"))])
     return head, rows

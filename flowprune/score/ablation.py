@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .engine import Engine, replay_sources
 from ..data import split_batch
-from .losses import distill_loss, logits_of, reduce_per_sample
+from .losses import _token_mask, distill_loss, logits_of, reduce_per_sample
 
 
 def _reference_probs(ref):
@@ -39,16 +39,28 @@ def _metrics(eng: Engine, i: int, out, ref_probs) -> tuple[float, float, float]:
         loss = float(eng.batch_loss(i, out))
     flips = (lg.argmax(-1, keepdim=True) != pred).float()
     dp = (logq.gather(-1, pred).exp() - p_pred).abs()
-    return loss, float(kl.sum()), float((flips + dp).sum())
+    spvr = (flips + dp).squeeze(-1)  # per sample or token, like kl
+    w = _real_tokens(eng, i, kl)
+    if w is not None:  # padded tokens count for neither (their values may be garbage, even inf)
+        kl, spvr = (torch.where(w > 0, v * w, v.new_zeros(())) for v in (kl, spvr))
+    return loss, float(kl.sum()), float(spvr.sum())
+
+
+def _real_tokens(eng: Engine, i: int, per_token: torch.Tensor) -> torch.Tensor | None:
+    """Batch i's ``attention_mask`` ([B, T], 0 = padding) when ``per_token`` is [B, T]; else None."""
+    if per_token.dim() != 2:
+        return None
+    w = _token_mask(split_batch(eng.batches[i])[0], per_token)
+    return w if w.shape == per_token.shape else None
 
 
 def _own(eng: Engine, c, deepest) -> list[str]:
-    """``c``'s own module when its recording from the deepest candidate's pass is exact (it finishes
-    before that candidate starts and is called once).  Gated at α = 0 its output no longer depends on
-    what it computes (a branch gives y·0, a layer x + 0·(y − x) = x), so its recording stands in for it
-    and the ablated pass skips the removed part too."""
+    """``c``'s own call (key ``"path#k"``) when its recording from the deepest candidate's pass is exact
+    (it finishes before that candidate starts).  Gated at α = 0 its output no longer depends on what it
+    computes (a branch gives y·0, a layer x + 0·(y − x) = x), so its recording stands in for it and the
+    ablated pass skips the removed part too."""
     me, first = eng.graph.call(c.cid), eng.graph.call(deepest.cid)
-    return [c.path] if me.end < first.start and len(eng.graph.calls_of(c.path)) == 1 else []
+    return [me.key] if me.end < first.start else []
 
 
 def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = (), replay: bool = True,
@@ -90,7 +102,8 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
                 sums[c.id]["spvr"] += spvr
                 bar.update()
             lg = logits_of(eng.refs[i])
-            n_tokens += int(lg[..., 0].numel()) if lg is not None else n
+            w = _real_tokens(eng, i, lg[..., 0]) if lg is not None else None
+            n_tokens += n if lg is None else (float(w.sum()) if w is not None else int(lg[..., 0].numel()))
     bar.close()
     total = sum(eng.sizes)
     L0 = measured_base / total if base_loss is None else base_loss

@@ -5,7 +5,10 @@ Replay: removing candidate c does not change anything computed before c's module
 reference pass the outputs of the modules that finish before c starts (the maximal ones: siblings of c's
 ancestors) are recorded; the ablated pass then returns those recordings instead of running the modules,
 so a candidate at depth i recomputes only the suffix.  Gates take α ∈ {0, 1} in every ablation, where
-re-applying a gate to a replayed (already gated) output changes nothing.
+re-applying a gate to a replayed (already gated) output changes nothing.  Recordings are keyed by call
+(``"path#k"``, the trace's numbering), so a module called several times (ALBERT's shared layer) replays
+its earlier calls and runs its later ones; a replayed call makes no calls inside it, and the call counts
+(the engine's and the per-call gates') move past those, so no call is handed another call's recording.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ from collections.abc import Mapping
 
 import inspect
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
 
 from .._tree import tensor_leaves
 from ..data import batch_size, split_batch
+from ..errors import InputError
 from ..gates import Gates
 from ..graph import Candidate, FlowGraph
+from ..graph.callstack import call_key
+from ..graph.internal import is_internal
 from ..graph.trace import call_model, eval_mode
 from .losses import LossSpec, resolve
 
@@ -39,13 +45,14 @@ def _shallow(obj: Any) -> Any:
 
 
 def replay_sources(graph: FlowGraph, c: Candidate) -> list[str]:
-    """Paths of the maximal modules that finish before ``c``'s module starts (each called once)."""
+    """Call keys (``"path#k"``) of the maximal module calls that finish before ``c``'s call starts.
+    Recordings are kept per call, so the earlier calls of a shared module (ALBERT's layer) replay too
+    and no call is ever handed another call's output."""
     me = graph.call(c.cid)
     out, a = [], me
     while a.parent is not None:
         parent = graph.call(a.parent)
-        out += [graph.call(d).path for d in parent.children
-                if graph.call(d).end < me.start and len(graph.calls_of(graph.call(d).path)) == 1]
+        out += [graph.call(d).key for d in parent.children if graph.call(d).end < me.start]
         a = parent
     return out
 
@@ -127,7 +134,9 @@ class Engine:
         return self.refs
 
     def batch_loss(self, i: int, out: Any, per_sample: bool = False) -> torch.Tensor:
-        v = self.fn(out, self.batches[i], self.refs[i] if self.refs else None)
+        """Loss of output ``out`` on batch i; the loss also gets the original model's output on batch i
+        (``refs[i]``, recorded without gradient: gradients flow through ``out`` only), in new containers."""
+        v = self.fn(out, self.batches[i], _shallow(self.refs[i]) if self.refs else None)
         return v if per_sample else v.mean()
 
     def mean(self, values: Sequence[torch.Tensor | float]) -> float:
@@ -150,6 +159,21 @@ class Engine:
             a[idx[cid]] = 0.0
         return a
 
+    def check_finite(self) -> None:
+        """InputError naming the first calibration batch whose original output or loss is NaN/inf:
+        nothing may be scored, planned or fitted on it."""
+        self.references()
+        for i, ref in enumerate(self.refs):
+            bad = [t for t in tensor_leaves(ref) if t.is_floating_point() and not torch.isfinite(t).all()]
+            if bad:
+                raise InputError(f"the model's output on calibration batch {i} contains NaN or inf (before any "
+                                 f"removal): check that batch's inputs and the model's weights, or leave it out")
+            with torch.no_grad():
+                v = self.batch_loss(i, self.refs[i])
+            if not torch.isfinite(v).all():
+                raise InputError(f"the calibration loss of batch {i} is {float(v)} before any removal: check the "
+                                 f"batch's labels/inputs and the loss function")
+
     def loss(self, removed: Sequence[str] = ()) -> float:
         """Calibration loss with ``removed`` candidates gated off (full forward, no replay)."""
         self.references()
@@ -161,45 +185,117 @@ class Engine:
     def _versions(obj: Any) -> list[int]:
         return [t._version for t in tensor_leaves(obj)]
 
+    def _by_path(self, keys: Iterable[str]) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for key in keys:
+            path, _, k = key.rpartition("#")
+            out.setdefault(path, set()).add(int(k))
+        return out
+
+    def _inner_calls(self, cid: int, paths: Iterable[str]) -> dict[str, int]:
+        """{path: calls made inside traced call ``cid``} for ``paths`` (cached)."""
+        cache = self.__dict__.setdefault("_inner_cache", {})
+        if cid not in cache:
+            inner: dict[str, int] = {}
+            for x in self.graph.subtree(cid) - {cid}:
+                path = self.graph.call(x).path
+                inner[path] = inner.get(path, 0) + 1
+            cache[cid] = inner
+        return {p: n for p, n in cache[cid].items() if p in paths}
+
     @contextmanager
-    def recording(self, paths: set[str]) -> Iterator[dict]:
-        """Record the (gated) outputs of modules ``paths`` during the forwards in the block.
+    def recording(self, keys: Iterable[str]) -> Iterator[dict]:
+        """Record the (gated) outputs of the module calls ``keys`` (``"path#k"``: the k-th call of that
+        module in the forward, as the trace numbers it) during the forwards in the block.
 
         The tensors are kept as they are, not copied (their containers are): an output that is modified
         in place later in the pass (``relu_(bn(x))``; its version counter moves) is dropped on exit, and
         its module simply runs again in the replayed passes."""
         store: dict[str, Any] = {}
         seen: dict[str, list[int]] = {}
+        want = self._by_path(keys)
+        counts = {p: 0 for p in want}
+        running: dict[str, list[int]] = {p: [] for p in want}  # numbered at entry, matched at exit
 
-        def keep(p: str, out: Any) -> None:
-            store[p], seen[p] = _shallow(out), self._versions(out)
+        def pre(p: str):
+            def fn(m, a):
+                if not is_internal():
+                    running[p].append(counts[p])
+                    counts[p] += 1
+            return fn
 
-        hooks = [self._modules[p].register_forward_hook(lambda m, a, out, p=p: keep(p, out)) for p in paths]
+        def post(p: str):
+            def fn(m, a, out):
+                if is_internal() or not running[p]:
+                    return
+                k = running[p].pop()
+                if k in want[p]:
+                    key = call_key(p, k)
+                    store[key], seen[key] = _shallow(out), self._versions(out)
+            return fn
+
+        def reset(m, a):
+            for p in counts:
+                counts[p] = 0
+                running[p].clear()
+
+        hooks = [self.model.register_forward_pre_hook(reset, prepend=True)]
+        for p in want:
+            hooks += [self._modules[p].register_forward_pre_hook(pre(p)), self._modules[p].register_forward_hook(post(p))]
         try:
             yield store
         finally:
             for h in hooks:
                 h.remove()
-            for p in [p for p in store if self._versions(store[p]) != seen[p]]:
-                del store[p]
+            for key in [key for key in store if self._versions(store[key]) != seen[key]]:
+                del store[key]
 
     @contextmanager
-    def replaying(self, store: dict, paths: Sequence[str]) -> Iterator[None]:
-        """Modules ``paths`` return their recorded outputs instead of running (those without a recording
-        run as usual).  The recordings are handed out as they are; one that a later module modifies in
+    def replaying(self, store: dict, keys: Sequence[str]) -> Iterator[None]:
+        """The module calls ``keys`` return their recorded outputs instead of running; the other calls of
+        those modules run as usual.  Calls are counted per module as the trace counts them; a call that
+        returns a recording makes no calls inside it, so the counts (here and the per-call gates') move
+        past those.  The recordings are handed out as they are; one that a later module modifies in
         place (``x += f(x)`` on a replayed input) is dropped after the pass, so it is never reused."""
-        paths = [p for p in paths if p in store]
+        keys = [k for k in keys if k in store]
+        active = set(keys)
+        paths = list(self._by_path(keys))
+        cids = self.__dict__.setdefault("_cids", {c.key: c.cid for c in self.graph.calls})
+        counts = {p: 0 for p in paths}
         own = {p: vars(self._modules[p]).get("forward") for p in paths}  # e.g. accelerate's wrappers
-        versions = {p: self._versions(store[p]) for p in paths}
+        versions = {k: self._versions(store[k]) for k in keys}
+
+        def replay(p: str, run):
+            def forward(*a, **kw):
+                if is_internal():
+                    return run(*a, **kw)
+                j = counts[p]
+                counts[p] = j + 1
+                key = call_key(p, j)
+                if key not in active:
+                    return run(*a, **kw)
+                for q, n in self._inner_calls(cids[key], counts).items():
+                    counts[q] += n
+                self.gates.skipped(cids[key])
+                return _shallow(store[key])
+            return forward
+
+        def reset(m, a):
+            for p in counts:
+                counts[p] = 0
+
+        hook = self.model.register_forward_pre_hook(reset, prepend=True)
         for p in paths:
-            self._modules[p].forward = (lambda *a, _o=store[p], **k: _shallow(_o))
+            self._modules[p].forward = replay(p, self._modules[p].forward)
         try:
             yield
         finally:
+            hook.remove()
             for p in paths:
                 if own[p] is None:
                     del self._modules[p].forward
                 else:
                     self._modules[p].forward = own[p]
-                if self._versions(store[p]) != versions[p]:
-                    del store[p]
+            for k in keys:
+                if k in store and self._versions(store[k]) != versions[k]:
+                    del store[k]
