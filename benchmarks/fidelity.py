@@ -59,15 +59,8 @@ def short(cid: str) -> str:
 
 
 def restrict(report: Report, kind: str) -> Report:
-    """A live report whose candidates are only those of ``kind`` (Report.plan has no candidate filter):
-    rows, Taylor terms and agreement restricted, sharing the original engine."""
-    keep = [k for k, r in enumerate(report.candidates) if r["kind"] == kind]
-    rows = [report.candidates[k] for k in keep]
-    d = dict(report.data, candidates=rows, plans=[], fidelity=agreement(rows, report.criteria))
-    if d["g"] is not None:
-        d["g"] = [d["g"][k] for k in keep]
-        d["H"] = [[d["H"][i][j] for j in keep] for i in keep]
-    return Report(d, report._engine)
+    """A live report whose candidates are only those of ``kind``, sharing the original model and data."""
+    return report.copy().restrict(kind)
 
 
 # -- causal LM on the Python docs -------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import torch
 import flowprune
 from flowprune import Budget
 from flowprune.cli import default_model
-from flowprune.data import perplexity, python_docs
+from flowprune.data import python_docs
+from flowprune.score import perplexity
 from flowprune.plan import write_atomic
 from timing import median_seconds
 
@@ -46,8 +47,7 @@ def quality() -> list[str]:
             k = max(1, round(frac * n))
             for crit, strat in PLANS:
                 for fill in (("zeros", "mean", "linear") if kind == "branch" else ("zeros",)):
-                    rep = flowprune.Report(dict(full.data, candidates=list(full.candidates), plans=[]), full._engine)
-                    rep.restrict(kind)
+                    rep = full.copy().restrict(kind)
                     plan = rep.plan(Budget(count=k), criterion=crit, strategy=strat, fill=fill)
                     small = flowprune.apply(model, plan, data=calib)
                     last = rep.plans[-1]

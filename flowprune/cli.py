@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .analyses import ANALYSES, CRITERIA, MATRIX_PREFERENCE
 from .errors import FlowpruneError, InputError
 from .saving import META
+from .solve import DEFAULT_STRATEGY, FILLS, KINDS, STRATEGIES
 
-CRITERIA = ("loss", "taylor2", "taylor2_diag", "taylor1", "fisher", "flow", "energy", "proximity", "llmdrop",
-            "angular", "shortgpt", "kl", "spvr", "magnitude", "random")  # every column of a report
 
 
 def default_model() -> Path:
@@ -110,11 +110,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="how much to remove, in --unit (default 0.25 of the parameters)")
     pr.add_argument("--unit", default="params", choices=("params", "flops", "count", "loss"),
                     help="params/flops: fraction to remove; count: number of removals; loss: max loss increase")
-    pr.add_argument("--criterion", default="loss", choices=CRITERIA, help="ranking criterion (default loss)")
-    pr.add_argument("--strategy", default="greedy", choices=("one_shot", "greedy", "quadratic"), help="default greedy")
-    pr.add_argument("--fill", default="zeros", choices=("zeros", "mean", "linear"),
-                    help="what replaces a removed branch (default zeros)")
-    pr.add_argument("--kind", default="all", choices=("all", "branch", "layer"),
+    pr.add_argument("--criterion", default="loss", choices=tuple(CRITERIA), help="ranking criterion (default loss)")
+    pr.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=tuple(STRATEGIES),
+                    help="; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values())
+                    + f" (default {DEFAULT_STRATEGY})")
+    pr.add_argument("--fill", default="zeros", choices=FILLS, help="what replaces a removed branch (default zeros)")
+    pr.add_argument("--kind", default="all", choices=KINDS,
                     help="remove only sublayers (branch), only whole layers, or both (default all)")
     an = sub.add_parser("analyze", help="score every candidate; write report.json, report.md and report.html")
     _common(an)
@@ -122,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("report", type=Path, help="a report.json written by analyze or prune")
     rp.add_argument("--html", type=Path, default=None, help="write the HTML report (figures embedded) here")
     rp.add_argument("--md", type=Path, default=None, help="write the Markdown report here")
-    rp.add_argument("--criterion", default=None, choices=CRITERIA,
+    rp.add_argument("--criterion", default=None, choices=tuple(CRITERIA),
                     help="colour the flow graph by this criterion (default: the report's ranking)")
     _json(rp)
     zo = sub.add_parser("zoo", help="list the built-in example models (use as --model zoo:NAME)")
@@ -202,8 +203,8 @@ def is_causal_lm(model: Any) -> bool:
 
 def _check_request(args: argparse.Namespace) -> None:
     """Everything that can be checked before a model is loaded or any work starts (exit 2 if wrong)."""
-    from .api import COLUMNS, _criteria
-    from .solve import HESSIANS, Budget, check_strategy
+    from .api import _criteria
+    from .solve import Budget, check_strategy
 
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file: pass a directory (it is created if missing)")
@@ -218,7 +219,8 @@ def _check_request(args: argparse.Namespace) -> None:
     args.budget_obj = Budget(**{"params": {"params": args.budget}, "flops": {"flops": args.budget},
                                 "count": {"count": int(args.budget)},
                                 "loss": {"max_loss_increase": args.budget}}[args.unit])
-    check_strategy(args.strategy, args.criterion, COLUMNS, args.criterion if args.criterion in HESSIANS else None)
+    matrix = args.criterion if args.criterion in MATRIX_PREFERENCE else None
+    check_strategy(args.strategy, args.criterion, tuple(CRITERIA), matrix)
 
 
 def _table(report, n: int = 40) -> str:
@@ -231,7 +233,8 @@ def _table(report, n: int = 40) -> str:
 
 def _prune(args: argparse.Namespace) -> int:
     from . import prune
-    from .data import batch_size, perplexity, similarity
+    from .data import batch_size
+    from .score import perplexity, similarity
     from .plan import signed
     from .saving import save_pretrained
 
@@ -243,7 +246,7 @@ def _prune(args: argparse.Namespace) -> int:
                           loss=args.loss, fill=args.fill, kind=args.kind, progress=not args.no_progress,
                           criteria=[c.strip() for c in args.criteria.split(",") if c.strip()])
     plan = small.flowprune_plans[-1]
-    out: dict[str, Any] = {"model": src, "plan": json.loads(plan.to_json()), "last": report.plans[-1],
+    out: dict[str, Any] = {"model": src, "plan": json.loads(plan.to_json()), "last": report.to_dict()["plans"][-1],
                            "params_before": sum(p.numel() for p in model.parameters()),
                            "params_after": sum(p.numel() for p in small.parameters())}
     if held is not None and lm:
@@ -340,7 +343,7 @@ def _report(args: argparse.Namespace) -> int:
         report.to_markdown(args.md)
         written["md"] = str(args.md)
     if args.json:
-        print(json.dumps({"report": str(args.report), "written": written, **report.data}, indent=1))
+        print(json.dumps({"report": str(args.report), "written": written, **report.to_dict()}, indent=1))
     elif written:
         print("\n".join(f"wrote {p}" for p in written.values()))
     else:

@@ -33,7 +33,7 @@ from .errors import CandidateError
 from .graph import Candidate, FlowGraph
 from .graph.internal import internal, is_internal
 from .graph.tap import Tap
-from .graph.trace import call_model, eval_mode
+from ._runtime import call_model, eval_mode
 
 
 class Gates:
@@ -55,6 +55,9 @@ class Gates:
         self._counts: dict[nn.Module, int] = {}  # per-call gating: calls so far in this forward
         self._open: dict[nn.Module, list[int]] = {}  # indices of the calls running now (re-entrance)
         self._inner: dict[int, dict[nn.Module, int]] = {}
+        # layer gates: the block input as it was when the call started, per candidate (a stack: calls
+        # may nest); a block may write into its input (x += f(x)), and x + α(f(x) − x) needs the original
+        self._saved: dict[int, list] = {}
         p = next(self.model.parameters(), None)
         self.device = p.device if p is not None else torch.device("cpu")
         self.alpha = torch.ones(len(self.candidates), device=self.device)
@@ -75,33 +78,55 @@ class Gates:
         for h in self._handles.values():
             h.remove()
         self._handles.clear()
+        self._saved.clear()
+
+    def _keep(self, i: int, args: tuple, kwargs: dict) -> None:
+        if self._active[i]:  # a gate at α = 1 without gradient is not applied: nothing to keep
+            x = first_tensor(args, kwargs)
+            self._saved.setdefault(i, []).append(None if x is None else x.clone())
+
+    def _keeper(self, i: int) -> Callable:
+        def keep(module, args, kwargs):
+            self._keep(i, args, kwargs)
+
+        keep._flowprune_gate = True
+        return keep
 
     def _install_all(self) -> None:
         shared: dict[nn.Module, dict[int, Callable]] = {}
+        self._keep_at: dict[nn.Module, dict[int, int]] = {}  # per-call layer gates: call -> candidate
         for i, c in enumerate(self.candidates):
             module = self._modules[c.path]
             if c.call is None:
                 self._handles[c.id] = module.register_forward_hook(self._hook(i, c), with_kwargs=True)
+                if c.kind == "layer":
+                    self._handles[f"@in:{c.id}"] = module.register_forward_pre_hook(self._keeper(i),
+                                                                                     with_kwargs=True)
             else:
                 shared.setdefault(module, {})[c.call] = self._hook(i, c)
+                if c.kind == "layer":
+                    self._keep_at.setdefault(module, {})[c.call] = i
         paths = {m: p for p, m in self._modules.items()}
         self._counts = {m: 0 for m in shared}
         self._open = {m: [] for m in shared}
         self._inner = {}
         for m, fns in shared.items():
             n = len(self.graph.calls_of(paths[m]))
-            self._handles[f"@count:{paths[m]}"] = m.register_forward_pre_hook(self._counter(n))
+            self._handles[f"@count:{paths[m]}"] = m.register_forward_pre_hook(self._counter(n), with_kwargs=True)
             self._handles[f"@gate:{paths[m]}"] = m.register_forward_hook(self._dispatch(fns), with_kwargs=True)
         if shared:
             self._handles["@reset"] = self.model.register_forward_pre_hook(self._resetter(), prepend=True)
 
     def _counter(self, n: int) -> Callable:
-        def count(module, args):
+        def count(module, args, kwargs):
             if is_internal():  # as the trace: flowprune's own calls are not counted
                 return
             k = self._counts[module]
             self._counts[module] = k + 1
             self._open[module].append(k % n if n else k)  # wraps around if a forward was cut short
+            i = self._keep_at.get(module, {}).get(self._open[module][-1])
+            if i is not None:
+                self._keep(i, args, kwargs)
 
         count._flowprune_gate = True
         return count
@@ -154,7 +179,8 @@ class Gates:
                 return None
             with internal():
                 a = self.alpha[i]
-                x = first_tensor(args, kwargs)
+                kept = self._saved.get(i)
+                x = kept.pop() if kept else first_tensor(args, kwargs)
                 out = replace_tensor_leaf(output, 0, lambda y: x + a.to(device=y.device, dtype=y.dtype) * (y - x))
                 # side outputs (T5's position bias handed to the next blocks) go to zero with α, as the
                 # identity stub that replaces a removed layer returns zeros for them
@@ -175,6 +201,7 @@ class Gates:
     @alpha.setter
     def alpha(self, value: torch.Tensor) -> None:
         self._alpha = value
+        self._saved.clear()  # inputs kept by a forward that raised before its gates ran
         # a gate at exactly 1 without gradient changes nothing: its hook returns early (one check per
         # assignment, not one device sync per hook call)
         self._active = [True] * len(value) if value.requires_grad or value.dim() != 1 else \
@@ -190,10 +217,10 @@ class Gates:
         """Set α of the named candidates (others unchanged)."""
         idx = self.index
         alpha = self.alpha.detach().clone().to(self.device)
-        for cid, v in values.items():
-            if cid not in idx:
-                raise CandidateError(f"{cid!r} is not gated here" + (f": {self.failed[cid]}" if cid in self.failed else ""))
-            alpha[idx[cid]] = v
+        for cand_id, v in values.items():
+            if cand_id not in idx:
+                raise CandidateError(f"{cand_id!r} is not gated here" + (f": {self.failed[cand_id]}" if cand_id in self.failed else ""))
+            alpha[idx[cand_id]] = v
         self.alpha = alpha
 
     def reset(self) -> None:
@@ -204,7 +231,7 @@ class Gates:
     def removed(self, ids: Iterable[str]) -> Iterator[None]:
         """Within the block, the candidates ``ids`` are removed (α = 0)."""
         saved = self.alpha
-        self.set({cid: 0.0 for cid in ids})
+        self.set({cand_id: 0.0 for cand_id in ids})
         try:
             yield
         finally:

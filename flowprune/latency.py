@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._runtime import call_model, eval_mode
+
 
 def latency(model: nn.Module, inputs: Any, repeats: int = 5) -> float:
     """Median seconds of one ``model(inputs)`` under no_grad in eval mode, after one warm-up call
@@ -18,8 +20,6 @@ def latency(model: nn.Module, inputs: Any, repeats: int = 5) -> float:
     >>> latency(model, batch)
     0.0123
     """
-    from .graph.trace import call_model, eval_mode
-
     devices = {t.device for t in chain(model.parameters(), model.buffers()) if t.is_cuda}
 
     def sync() -> None:  # every device the model lives on (device_map spreads it)

@@ -20,12 +20,11 @@ from torch import nn
 
 from ._version import __version__
 from .errors import PlanError
-from .graph.removal import Replacement
 
 if TYPE_CHECKING:
     from .graph import FlowGraph
 
-SCHEMA = 1
+PLAN_SCHEMA = 1  # the plan JSON's own version (a report has REPORT_SCHEMA)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -34,6 +33,37 @@ def fingerprint(model: nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(t.shape)};".encode())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One module to swap: ``mode`` is ``zeros`` (stub returning zeros), ``mean``/``linear`` (a removed
+    branch with a compensation fill), ``identity`` or ``delete``.  ``out_index``: the output tensor a fill
+    applies to; ``shape``: the fill's shape (mean) or ``[in_channels, out_channels, channel_dim]``
+    (linear: a map over ``channel_dim``, 1 for [B, C, H, W], -1 for [B, T, D]; plans written before the
+    third entry existed mean -1).
+
+    ``calls``/``ncalls``: set for a module called several times per forward (shared weights).  The module
+    runs ``ncalls`` times per forward in the rewritten model; the calls ``calls`` (0-based, in forward
+    order) are skipped (``mode`` "identity": return the input; "zeros": zeros) and the others run it (the
+    module stays, skipping those calls itself: rewrite/calls.py).  When ``calls`` holds every call the
+    module is replaced outright (its parameters go), wherever the model holds it (a list may hold it
+    twice).  In plan JSON the two keys are
+    left out when unset, e.g. ``{"path": "encoder.layer", "mode": "identity", "structure": {"t": "input"},
+    "out_index": 0, "shape": null, "calls": [2], "ncalls": 4}``."""
+
+    path: str
+    mode: str
+    structure: dict | None = None
+    out_index: int = 0
+    shape: list | None = None
+    calls: list | None = None
+    ncalls: int | None = None
+
+    @property
+    def every_call(self) -> bool:
+        """A per-call replacement that skips every call: the module goes (None -> not per-call)."""
+        return self.calls is not None and set(range(self.ncalls or 0)) <= set(self.calls)
 
 
 @dataclass(frozen=True)
@@ -65,7 +95,7 @@ class Plan:
     flops_before: int
     flops_removed: int
     version: str = __version__
-    schema: int = SCHEMA
+    schema: int = PLAN_SCHEMA
 
     @classmethod
     def from_graph(cls, graph: "FlowGraph", ids: Sequence[str], fill: str = "zeros") -> "Plan":
@@ -113,13 +143,22 @@ class Plan:
         """Read a plan from a JSON string or a file path."""
         try:
             d = load_json(text_or_path)
-            if d.get("schema", SCHEMA) > SCHEMA:
+        except json.JSONDecodeError as e:
+            raise PlanError(f"not a flowprune plan: {e}") from e
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        """A plan from its ``to_dict`` form (PlanError if it is not one)."""
+        try:
+            if d.get("schema", PLAN_SCHEMA) > PLAN_SCHEMA:
                 raise PlanError(f"plan schema {d['schema']} is newer than this flowprune ({__version__}) reads; "
                                 f"upgrade flowprune")
+            d = dict(d)
             d["removals"] = tuple(Removal(**r) for r in d["removals"])
             d["replacements"] = tuple(Replacement(**r) for r in d["replacements"])
             return cls(**d)
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"not a flowprune plan: {e}") from e
 
     def __str__(self) -> str:

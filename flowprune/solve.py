@@ -1,4 +1,10 @@
-"""Budgets and the solvers that pick what to remove.
+"""Budgets, the checks of a planning request, and the strategies that pick what to remove.
+
+Every strategy is one entry of ``STRATEGIES``: a function of a ``Problem`` (candidates, budget,
+fill, and what it may consult) that returns the chosen ids.  Adding one::
+
+    def random_pick(p: Problem) -> list[str]: ...
+    STRATEGIES["random_pick"] = Strategy("random_pick", random_pick, "scores", "…")
 
 * ``one_shot``: remove in the order of one criterion (least important first) until the budget is met.
 * ``greedy``: after each removal, re-score every remaining candidate by its exact loss change (with
@@ -13,11 +19,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .analyses import MATRIX_PREFERENCE
 from .errors import InputError
 from .graph.removal import encloses
 
@@ -90,10 +97,8 @@ class Budget:
         return eff.flops >= self.flops * graph.total_flops
 
 
-STRATEGIES = ("one_shot", "greedy", "quadratic")
 FILLS = ("zeros", "mean", "linear")
 KINDS = ("all", "branch", "layer")
-HESSIANS = ("taylor2", "fisher", "taylor2_diag")  # criteria that come with a gate-space matrix
 
 
 def check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
@@ -112,18 +117,19 @@ def check_strategy(strategy: str, criterion: str, known: list[str] | tuple[str, 
     Traceback (most recent call last):
     InputError: ...
     """
-    check_choice("strategy", strategy, STRATEGIES)
+    check_choice("strategy", strategy, tuple(STRATEGIES))
     if not isinstance(criterion, str) or criterion not in known:
         raise InputError(f"unknown criterion {criterion!r} for strategy {strategy!r}: this analysis has "
                          f"{', '.join(known)}")
-    if strategy == "greedy" and criterion != "loss":
-        raise InputError(f"strategy='greedy' re-scores by the exact loss after every removal, so "
+    needs = STRATEGIES[strategy].needs
+    if needs == "exact" and criterion != "loss":
+        raise InputError(f"strategy={strategy!r} re-scores by the exact loss after every removal, so "
                          f"criterion={criterion!r} would be ignored: pass criterion='loss', or "
                          f"strategy='one_shot' to rank by {criterion}")
-    if strategy == "quadratic" and criterion != "loss" and criterion != hessian_kind:
+    if needs == "matrix" and criterion != "loss" and criterion != hessian_kind:
         have = f"the {hessian_kind} matrix" if hessian_kind else "no gate-space matrix"
-        raise InputError(f"strategy='quadratic' minimises the Taylor prediction of a gate-space matrix "
-                         f"({', '.join(HESSIANS)}); criterion={criterion!r} is not it (this analysis has "
+        raise InputError(f"strategy={strategy!r} minimises the Taylor prediction of a gate-space matrix "
+                         f"({', '.join(MATRIX_PREFERENCE)}); criterion={criterion!r} is not it (this analysis has "
                          f"{have}): pass criterion='loss' for the analysis' own matrix")
 
 
@@ -174,67 +180,112 @@ def _free(c: "Candidate", chosen: list["Candidate"]) -> bool:
     return all(not overlaps(c, s) for s in chosen)
 
 
-def one_shot(graph: "FlowGraph", cands: list["Candidate"], scores: dict[str, float], budget: Budget,
-             measure: Callable[[list[str]], float] | None, fill: str = "zeros") -> list[str]:
+@dataclass
+class Problem:
+    """What a strategy chooses from: the candidates, the budget, the fill, and what it may consult —
+    ``scores`` (one criterion, higher = more important), the gate-space ``g``/``H`` (with ``index``:
+    candidate id → row), ``measure(ids)`` (exact ΔL of removing ``ids`` together) and
+    ``rescore(rest, removed)`` (exact ΔL of each of ``rest`` given ``removed`` gone).  The last two
+    need the live model and data; a strategy that needs one that is None raises InputError."""
+
+    graph: "FlowGraph"
+    candidates: list["Candidate"]
+    budget: Budget
+    fill: str = "zeros"
+    scores: dict[str, float] | None = None
+    g: torch.Tensor | None = None
+    H: torch.Tensor | None = None
+    index: dict[str, int] = field(default_factory=dict)
+    measure: Callable[[list[str]], float] | None = None
+    rescore: Callable[[list[str], list[str]], dict[str, float]] | None = None
+
+    def met(self, ids: list[str]) -> bool:
+        return self.budget.met(self.graph, ids, self.fill)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A named solver: ``solve(problem) -> chosen ids``, what it ``needs`` ("scores": one criterion;
+    "matrix": the gate-space g and H; "exact": exact re-scoring on the model), a one-line description."""
+
+    name: str
+    solve: Callable[[Problem], list[str]]
+    needs: str
+    description: str
+
+
+def predict(g: torch.Tensor, H: torch.Tensor | None, idx: list[int]) -> float:
+    """Taylor prediction of ΔL for removing the candidates at rows ``idx`` together:
+    −Σ g + ½ Σ H over the set (every pairwise interaction included)."""
+    if not idx:
+        return 0.0
+    s = torch.tensor(idx)
+    pred = -g[s].sum()
+    if H is not None:
+        pred = pred + 0.5 * H[s][:, s].sum()
+    return float(pred)
+
+
+def one_shot(p: Problem) -> list[str]:
     """In increasing score order.  For a loss ceiling each addition is measured and kept if it fits."""
     chosen: list[Candidate] = []
-    for c in sorted(cands, key=lambda c: scores[c.id]):
-        if budget.met(graph, [s.id for s in chosen], fill):
+    for c in sorted(p.candidates, key=lambda c: p.scores[c.id]):
+        if p.met([s.id for s in chosen]):
             break
         if not _free(c, chosen):
             continue
-        if budget.max_loss_increase is not None:
-            if measure is None:
+        if p.budget.max_loss_increase is not None:
+            if p.measure is None:
                 raise InputError("a max_loss_increase budget needs the model and data: plan from a live report")
-            if measure([s.id for s in chosen] + [c.id]) > budget.max_loss_increase:
+            if p.measure([s.id for s in chosen] + [c.id]) > p.budget.max_loss_increase:
                 continue
         chosen.append(c)
     return [c.id for c in chosen]
 
 
-def greedy(graph: "FlowGraph", cands: list["Candidate"], budget: Budget,
-           rescore: Callable[[list[str], list[str]], dict[str, float]], fill: str = "zeros") -> list[str]:
-    """``rescore(remaining ids, removed ids)`` -> exact ΔL of each remaining one given the removed ones,
-    relative to the original loss."""
+def greedy(p: Problem) -> list[str]:
+    """After each removal re-score every remaining candidate exactly (``p.rescore``) and take the cheapest."""
+    if p.rescore is None:
+        raise InputError("strategy='greedy' re-scores on the model and data: plan from a live report")
     chosen: list[Candidate] = []
-    while not budget.met(graph, [s.id for s in chosen], fill):
-        rest = [c for c in cands if _free(c, chosen)]
+    while not p.met([s.id for s in chosen]):
+        rest = [c for c in p.candidates if _free(c, chosen)]
         if not rest:
             break
-        dl = rescore([c.id for c in rest], [s.id for s in chosen])
+        dl = p.rescore([c.id for c in rest], [s.id for s in chosen])
         best = min(rest, key=lambda c: dl[c.id])
-        if budget.max_loss_increase is not None and dl[best.id] > budget.max_loss_increase:
+        if p.budget.max_loss_increase is not None and dl[best.id] > p.budget.max_loss_increase:
             break
         chosen.append(best)
     return [c.id for c in chosen]
 
 
-def quadratic(graph: "FlowGraph", cands: list["Candidate"], g: torch.Tensor, H: torch.Tensor, budget: Budget,
-              index: dict[str, int], fill: str = "zeros") -> list[str]:
-    """Minimise the Taylor prediction of ΔL(S) under the budget.  A loss ceiling bounds the *prediction*;
-    the measured ΔL of the chosen set is recorded next to it by ``Report.plan``."""
-    from .score.taylor import predict
+def quadratic(p: Problem) -> list[str]:
+    """Minimise the Taylor prediction of ΔL(S) under the budget (forward selection, then swaps while
+    they lower it).  A loss ceiling bounds the *prediction*; the measured ΔL is recorded next to it."""
+    if p.g is None:
+        raise InputError("strategy='quadratic' needs the gate Hessian: analyze with 'taylor2' or 'fisher'")
 
     def pred(ids: list[str]) -> float:
-        return predict(g, H, [index[i] for i in ids])
+        return predict(p.g, p.H, [p.index[i] for i in ids])
 
     chosen: list[Candidate] = []
-    while not budget.met(graph, [s.id for s in chosen], fill):
+    while not p.met([s.id for s in chosen]):
         base = [s.id for s in chosen]
-        rest = [c for c in cands if _free(c, chosen)]
+        rest = [c for c in p.candidates if _free(c, chosen)]
         if not rest:
             break
         best = min(rest, key=lambda c: pred(base + [c.id]))
-        if budget.max_loss_increase is not None and pred(base + [best.id]) > budget.max_loss_increase:
+        if p.budget.max_loss_increase is not None and pred(base + [best.id]) > p.budget.max_loss_increase:
             break
         chosen.append(best)
-    improved = budget.count is not None
+    improved = p.budget.count is not None
     while improved:  # swaps keep the count; take the first that lowers the prediction
         improved = False
         ids = [s.id for s in chosen]
         for k, s in enumerate(chosen):
             others = chosen[:k] + chosen[k + 1:]
-            for c in cands:
+            for c in p.candidates:
                 if c.id in ids or not _free(c, others):
                     continue
                 trial = [o.id for o in others] + [c.id]
@@ -245,3 +296,12 @@ def quadratic(graph: "FlowGraph", cands: list["Candidate"], g: torch.Tensor, H: 
             if improved:
                 break
     return [c.id for c in chosen]
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("one_shot", one_shot, "scores", "remove in the order of one criterion, least important first"),
+    Strategy("greedy", greedy, "exact", "after each removal re-score the rest by their exact ΔL (replay)"),
+    Strategy("quadratic", quadratic, "matrix",
+             "minimise the gate-space Taylor prediction −Σg + ½ΣH (interactions included)"),
+)}
+DEFAULT_STRATEGY = "greedy"  # prune, Report.plan and the CLI alike: the best measured quality

@@ -36,7 +36,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import flowprune
 from flowprune import Budget
 from flowprune.cli import default_model
-from flowprune.data import perplexity, python_docs, wikitext
+from flowprune.data import python_docs, wikitext
+from flowprune.score import perplexity
 from flowprune.errors import InputError
 
 torch.manual_seed(0)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from flowprune.data import perplexity, python_docs, python_docs_text
+from flowprune.data import python_docs, python_docs_text
+from flowprune.score import perplexity
 
 OUT = Path(__file__).resolve().parents[1] / "data" / "tiny-llama-pydocs"
 

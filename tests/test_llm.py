@@ -9,7 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import flowprune
 from flowprune import Budget
-from flowprune.data import perplexity, python_docs, python_docs_text, wikitext
+from flowprune.data import python_docs, python_docs_text, wikitext
+from flowprune.score import perplexity
 from flowprune.zoo import ZOO
 from support import Residual
 

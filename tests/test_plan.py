@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import flowprune
-from flowprune.graph.removal import Replacement
+from flowprune.plan import Replacement
 from support import Stack
 
 X = torch.randn(3, 4)

@@ -1,4 +1,5 @@
-"""Random residual/dense/plain stacks (hypothesis): candidates known by construction, rewrite == gates."""
+"""Random residual/dense/plain/parallel/tuple stacks (hypothesis): candidates known by construction,
+rewrite == gates.  (``tests/test_fuzz.py`` fuzzes many more patterns, without known counts.)"""
 
 import torch
 from hypothesis import given, settings
@@ -38,6 +39,43 @@ class Dense(nn.Module):
         return torch.cat([x, self.fc(x)], dim=-1)
 
 
+class Par(nn.Module):
+    """Falcon-like ``x + f(h) + g(h)``, h = norm(x): two branches, and the block is a layer."""
+
+    def __init__(self, d: int, act: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.f, self.g = nn.Linear(d, d), nn.Sequential(nn.Linear(d, 2 * d), nn.GELU() if act else nn.Identity(),
+                                                        nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.f(h) + self.g(h)
+
+
+class Pair(nn.Module):
+    """Returns ``(out, aux)``."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.fc, self.aux = nn.Linear(d, d), nn.Linear(d, 1)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x)), self.aux(x)
+
+
+class Tup(nn.Module):
+    """``x + pair(x)[0]``: the tuple-returning submodule is the branch (its first output), the block a layer."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.pair = Pair(d)
+
+    def forward(self, x):
+        out, _ = self.pair(x)
+        return x + out
+
+
 class Net(nn.Module):
     def __init__(self, spec: list[tuple[str, int, bool]], d0: int):
         super().__init__()
@@ -45,6 +83,10 @@ class Net(nn.Module):
         for kind, width, act in spec:
             if kind == "res":
                 blocks.append(Res(d, act))
+            elif kind == "par":
+                blocks.append(Par(d, act))
+            elif kind == "tup":
+                blocks.append(Tup(d))
             elif kind == "dense":
                 blocks.append(Dense(d, width))
                 d += width
@@ -59,7 +101,7 @@ class Net(nn.Module):
         return x
 
 
-block = st.tuples(st.sampled_from(["res", "dense", "plain"]), st.integers(2, 5), st.booleans())
+block = st.tuples(st.sampled_from(["res", "dense", "plain", "par", "tup"]), st.integers(2, 5), st.booleans())
 
 
 @settings(max_examples=25, deadline=None)
@@ -69,16 +111,16 @@ def test_random_stack(spec, d0, data):
     net = Net(spec, d0).eval()
     x = torch.randn(3, d0)
     g = flowprune.trace(net, x)
-    n_res = sum(k == "res" for k, _, _ in spec)
-    n_dense = sum(k == "dense" for k, _, _ in spec)
+    n = {k: sum(kind == k for kind, _, _ in spec) for k in ("res", "dense", "par", "tup")}
     widths, d = [], d0
     for k, w, _ in spec:
-        out = {"res": d, "dense": d + w, "plain": w}[k]
+        out = {"dense": d + w, "plain": w}.get(k, d)
         widths.append((d, out))
         d = out
     same = sum(k == "plain" and a == b for (k, _, _), (a, b) in zip(spec, widths))
     kinds = [c.kind for c in g.candidates()]
-    assert kinds.count("branch") == n_res + n_dense and kinds.count("layer") == n_res + same
+    assert kinds.count("branch") == n["res"] + n["dense"] + 2 * n["par"] + n["tup"]
+    assert kinds.count("layer") == n["res"] + n["par"] + n["tup"] + same
     ids = data.draw(st.lists(st.sampled_from([c.id for c in g.candidates()]), unique=True)) if kinds else []
     with flowprune.Gates(g) as gates, gates.removed(ids), torch.no_grad():
         ref = net(x)

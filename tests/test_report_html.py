@@ -49,7 +49,7 @@ def test_loss_curves_start_at_zero_and_follow_the_exact_ablation(pruned_report):
         assert all(a <= b for a, b in zip(p, p[1:]))  # nested sets
     g = curves[("greedy", "loss")]
     assert g["loss"][2] <= curves[("one_shot", "loss")]["loss"][2] + 1e-6  # exact re-scoring never loses at k = 2
-    with pytest.raises(flowprune.InputError, match="unknown strategies"):
+    with pytest.raises(flowprune.InputError, match="unknown strategy"):
         report.loss_curves(2, strategies=("sideways",))
 
 

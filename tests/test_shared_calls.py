@@ -220,6 +220,20 @@ def test_a_kept_call_leaves_the_module_in_place_skipping_the_removed_calls():
     assert "layer:layer@1" not in again and "layer:layer@2" in again
 
 
+def test_a_second_plan_on_the_rewritten_model_adds_its_calls():
+    m, x = _build("albertish")
+    graph = flowprune.trace(m, x)
+    small = flowprune.apply(m, graph.plan(["layer:layer@1"]))
+    again = flowprune.trace(small, x)
+    smaller = flowprune.apply(small, again.plan(["layer:layer@2", "layer.mix:branch@0"]))
+    assert skipping(smaller.layer).skip == [1, 2]
+    with flowprune.Gates(graph) as gates, gates.removed(["layer:layer@1", "layer:layer@2", "layer.mix:branch@0"]), \
+            torch.no_grad():
+        want = m(x)
+    with torch.no_grad():
+        assert torch.allclose(smaller(x), want, atol=1e-5, rtol=0)
+
+
 def test_plan_json_round_trip():
     m, x = _build("albertish")
     graph = flowprune.trace(m, x)

@@ -165,3 +165,64 @@ def test_fsdp_refused():
 
     with pytest.raises(InputError, match="before wrapping it in FSDP"):
         flowprune.trace(FullyShardedDataParallel(), torch.zeros(1))
+
+
+class _SharedActFFN(nn.Module):
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.lin1, self.act, self.lin2 = nn.Linear(8, 16), act, nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class _SharedAct(nn.Module):
+    """Flaubert's pattern: one activation object in every FFN, registered under ffns.0 only."""
+
+    def __init__(self):
+        super().__init__()
+        act = nn.GELU()
+        self.ffns = nn.ModuleList([_SharedActFFN(act), _SharedActFFN(act)])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for f in self.ffns:
+            x = x + f(x)
+        return self.head(x)
+
+
+def test_shared_submodule_keeps_running_in_other_parent():
+    torch.manual_seed(0)
+    ids = _assert_rewrites_equal(_SharedAct().eval(), torch.randn(4, 8), min_candidates=2)
+    assert "ffns.0:branch" in ids
+
+
+class _BiasBlock(nn.Module):
+    """T5's pattern: the first block computes a bias and hands it to the next blocks as a side output."""
+
+    def __init__(self, first: bool):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.bias = nn.Parameter(torch.randn(8)) if first else None
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        bias = self.bias.expand_as(x) * 1.0 if self.bias is not None else bias
+        return x + torch.tanh(self.fc(x) + bias), bias
+
+
+class _BiasStack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([_BiasBlock(True), _BiasBlock(False), _BiasBlock(False)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None
+        for b in self.blocks:
+            x, bias = b(x, bias)
+        return x
+
+
+def test_removed_layer_side_outputs_follow_the_stub():
+    torch.manual_seed(0)
+    ids = _assert_rewrites_equal(_BiasStack().eval(), torch.randn(4, 8), min_candidates=3)
+    assert "blocks.0:layer" in ids

@@ -71,7 +71,7 @@ def sync_config(model: nn.Module, removed: list[int], old_len: int) -> None:
         if isinstance(value, (list, tuple)) and (len(value) == old_len or key in ad.per_layer_keys):
             try:
                 setattr(config, key, type(value)(value[i] for i in keep))
-            except Exception:  # a strict config (StrictDataclassFieldValidationError) refusing it: a pair, not per-layer values
+            except Exception:  # a strict config refuses it (HF validation): a pair, not per-layer values
                 pass
 
 

@@ -126,7 +126,19 @@ def _cut(batch: Any, k: int) -> Any:
     return batch
 
 
-from .text import perplexity, python_docs, python_docs_text, similarity, text_files, wikitext  # noqa: E402
+from .text import python_docs, python_docs_text, text_files, wikitext  # noqa: E402
+
+
+def __getattr__(name: str):
+    """``flowprune.data.perplexity`` / ``similarity``: moved to ``flowprune.score`` (old names kept one
+    release, with a DeprecationWarning)."""
+    if name in ("perplexity", "similarity"):
+        import importlib
+        import warnings
+
+        warnings.warn(f"flowprune.data.{name} moved to flowprune.score.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("flowprune.score.quality"), name)
+    raise AttributeError(f"module 'flowprune.data' has no attribute {name!r}")
 
 __all__ = ["as_batches", "split_batch", "batch_size", "wikitext", "python_docs", "python_docs_text",
-           "text_files", "perplexity", "similarity"]
+           "text_files"]

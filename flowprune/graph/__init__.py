@@ -6,7 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from .flowgraph import Candidate, FlowGraph
+from .candidates import Candidate
+from .flowgraph import FlowGraph
 from .trace import check_inputs, record, unwrap
 
 

@@ -19,7 +19,7 @@ called once keeps its id ``"<path>:<kind>"``.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -30,7 +30,41 @@ from .recorder import MergeRecord, Operand, indexed_inputs
 from .removal import effect, within
 
 if TYPE_CHECKING:
-    from .flowgraph import Candidate, FlowGraph
+    from .flowgraph import FlowGraph
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A removable edge (``kind="branch"``: a residual branch, removal = zeros) or vertex
+    (``kind="layer"``: a block whose output has its input's shape, removal = identity).
+
+    ``id`` is ``"<module path>:<kind>"``; ``path`` is the gated module; ``params``/``flops`` are what
+    the rewrite saves when this candidate alone is removed.  A module called several times in one
+    forward (shared weights, ALBERT's ``for i in range(n): x = self.layer(x)``) gives one candidate per
+    call: ``"<module path>:<kind>@<k>"`` with ``call=k``, the k-th call (from 0) in the forward; removing
+    it skips that call only (it saves its FLOPs, and the module's parameters once every call is gone).
+
+    >>> Candidate("encoder.layer:layer@2", "layer", "encoder.layer", call=2).call
+    2
+    """
+
+    id: str
+    kind: str
+    path: str
+    params: int = 0
+    flops: int = 0
+    merge: str | None = None  # branch: the merge vertex the branch's output enters
+    operand: int | None = None  # branch: position of the branch output among that merge's operands
+    out_index: int = 0  # which tensor of the module's output is gated
+    deletable: bool = False  # layer: can be deleted from a Hugging Face layer stack
+    cid: int = field(default=-1, repr=False, compare=False)  # index of the gated call in graph.calls
+    call: int | None = None  # the gated call of a module called several times (None: called once)
+    span: tuple[int, int] | None = field(default=None, repr=False, compare=False)  # (start, end) of that call
+
+
+def call_id(path: str, kind: str, call: int | None = None) -> str:
+    """A candidate id: ``"path:kind"`` for a module called once, ``"path:kind@k"`` for its k-th call."""
+    return f"{path}:{kind}" if call is None else f"{path}:{kind}@{call}"
 
 
 def _terms(graph: "FlowGraph", m: MergeRecord, by_vid: dict) -> list[tuple[Operand, str, int]]:
@@ -57,7 +91,6 @@ def _same_structures(calls: list) -> bool:
 
 
 def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
-    from .flowgraph import Candidate, call_id
 
     G = graph.nx
     ncalls = _module_calls(graph)
@@ -142,6 +175,7 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
         parent_path = rec.path.rsplit(".", 1)[0] if "." in rec.path else ""
         c = Candidate(id=call_id(rec.path, "layer", index(rec)), kind="layer", path=rec.path, cid=rec.cid,
                       deletable=index(rec) is None and parent_path in stacks and isinstance(parent, nn.ModuleList)
+                      and not rec.side_consumed  # its successor would compute them anew: an identity stub
                       and not indexed_inputs([s for s in graph.calls if s.parent == rec.parent
                                               and s.path.rpartition(".")[0] == parent_path]),
                       call=index(rec), span=(rec.start, rec.end))

@@ -10,44 +10,11 @@ import networkx as nx
 from torch import nn
 
 from .recorder import CallRecord, MergeRecord, Recorder
+from .candidates import Candidate, call_id, find_candidates  # noqa: F401  (call_id re-exported)
 from .removal import Effect, effect, encloses, within  # noqa: F401  (encloses: re-exported)
 
 if TYPE_CHECKING:
     from ..plan import Plan
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A removable edge (``kind="branch"``: a residual branch, removal = zeros) or vertex
-    (``kind="layer"``: a block whose output has its input's shape, removal = identity).
-
-    ``id`` is ``"<module path>:<kind>"``; ``path`` is the gated module; ``params``/``flops`` are what
-    the rewrite saves when this candidate alone is removed.  A module called several times in one
-    forward (shared weights, ALBERT's ``for i in range(n): x = self.layer(x)``) gives one candidate per
-    call: ``"<module path>:<kind>@<k>"`` with ``call=k``, the k-th call (from 0) in the forward; removing
-    it skips that call only (it saves its FLOPs, and the module's parameters once every call is gone).
-
-    >>> Candidate("encoder.layer:layer@2", "layer", "encoder.layer", call=2).call
-    2
-    """
-
-    id: str
-    kind: str
-    path: str
-    params: int = 0
-    flops: int = 0
-    merge: str | None = None  # branch: the merge vertex the branch's output enters
-    operand: int | None = None  # branch: position of the branch output among that merge's operands
-    out_index: int = 0  # which tensor of the module's output is gated
-    deletable: bool = False  # layer: can be deleted from a Hugging Face layer stack
-    cid: int = field(default=-1, repr=False, compare=False)
-    call: int | None = None  # the gated call of a module called several times (None: called once)
-    span: tuple[int, int] | None = field(default=None, repr=False, compare=False)  # (start, end) of that call
-
-
-def call_id(path: str, kind: str, call: int | None = None) -> str:
-    """A candidate id: ``"path:kind"`` for a module called once, ``"path:kind@k"`` for its k-th call."""
-    return f"{path}:{kind}" if call is None else f"{path}:{kind}@{call}"
 
 
 class FlowGraph:
@@ -160,23 +127,21 @@ class FlowGraph:
     # -- public --------------------------------------------------------------------------------------
     def candidates(self, kind: str | None = None) -> list[Candidate]:
         """Removable branches and layers, in forward order (``kind`` filters: "branch" or "layer")."""
-        from .candidates import find_candidates
-
         if "_cands" not in self.__dict__:
             self._cands = find_candidates(self)
         return [c for c in self._cands if kind is None or c.kind == kind]
 
-    def candidate(self, cid: str) -> Candidate:
-        """The candidate with id ``cid``; KeyError listing close ids otherwise."""
+    def candidate(self, cand_id: str) -> Candidate:
+        """The candidate with id ``cand_id``; KeyError listing close ids otherwise."""
         for c in self.candidates():
-            if c.id == cid:
+            if c.id == cand_id:
                 return c
         import difflib
 
         from ..errors import CandidateError
 
-        close = difflib.get_close_matches(cid, [c.id for c in self.candidates()], n=3)
-        raise CandidateError(f"no candidate {cid!r}" + (f"; did you mean {close}?" if close else ""))
+        close = difflib.get_close_matches(cand_id, [c.id for c in self.candidates()], n=3)
+        raise CandidateError(f"no candidate {cand_id!r}" + (f"; did you mean {close}?" if close else ""))
 
     def effect(self, ids: Iterable[str], fill: str = "zeros") -> Effect:
         """Replacements, parameters and FLOPs saved by removing the candidates ``ids`` together."""

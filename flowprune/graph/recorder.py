@@ -75,6 +75,8 @@ class CallRecord:
     end: int = 0
     _in_metas: list = field(default_factory=list, repr=False)
     side_views: list = field(default_factory=list, repr=False)  # (storage ptr, offset) of non-primary inputs
+    # a tensor output other than the primary one was passed to a later module call (T5's position bias)
+    side_consumed: bool = False
 
     @property
     def key(self) -> str:
@@ -168,6 +170,9 @@ class Recorder(CallStack):
                 rec.in_shape, rec.in_dtype = tuple(x.shape), x.dtype
             rec._in_metas = [(t, m) for t in flat_tensors(args, kwargs) if (m := self.meta(t)) is not None]
             rec.side_views = _views([t for t in flat_tensors(args, kwargs) if t is not x])
+            for _, m in rec._in_metas:
+                if m.origin is not None and m.origin[1] > 0:
+                    self.calls[m.origin[0]].side_consumed = True
             self.calls.append(rec)
             return rec
 

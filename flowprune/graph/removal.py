@@ -16,43 +16,14 @@ import networkx as nx
 from torch import nn
 
 from ..errors import PlanError
+from ..plan import Replacement
 
 if TYPE_CHECKING:
-    from .flowgraph import Candidate, FlowGraph
+    from .candidates import Candidate
+    from .flowgraph import FlowGraph
 
 
 FILLS = ("zeros", "mean", "linear")
-
-
-@dataclass(frozen=True)
-class Replacement:
-    """One module to swap: ``mode`` is ``zeros`` (stub returning zeros), ``mean``/``linear`` (a removed
-    branch with a compensation fill), ``identity`` or ``delete``.  ``out_index``: the output tensor a fill
-    applies to; ``shape``: the fill's shape (mean) or ``[in_channels, out_channels, channel_dim]``
-    (linear: a map over ``channel_dim``, 1 for [B, C, H, W], -1 for [B, T, D]; plans written before the
-    third entry existed mean -1).
-
-    ``calls``/``ncalls``: set for a module called several times per forward (shared weights).  The module
-    runs ``ncalls`` times per forward in the rewritten model; the calls ``calls`` (0-based, in forward
-    order) are skipped (``mode`` "identity": return the input; "zeros": zeros) and the others run it (the
-    module stays, skipping those calls itself: rewrite/calls.py).  When ``calls`` holds every call the
-    module is replaced outright (its parameters go), wherever the model holds it (a list may hold it
-    twice).  In plan JSON the two keys are
-    left out when unset, e.g. ``{"path": "encoder.layer", "mode": "identity", "structure": {"t": "input"},
-    "out_index": 0, "shape": null, "calls": [2], "ncalls": 4}``."""
-
-    path: str
-    mode: str
-    structure: dict | None = None
-    out_index: int = 0
-    shape: list | None = None
-    calls: list | None = None
-    ncalls: int | None = None
-
-    @property
-    def every_call(self) -> bool:
-        """A per-call replacement that skips every call: the module goes (None -> not per-call)."""
-        return self.calls is not None and set(range(self.ncalls or 0)) <= set(self.calls)
 
 
 @dataclass(frozen=True)
@@ -69,10 +40,12 @@ def within(path: str, root: str) -> bool:
 
 
 def encloses(outer: "Candidate", inner: "Candidate") -> bool:
-    """True if ``inner``'s gated call runs inside ``outer``'s (or is it).  Between modules called once this
-    is module nesting (as it always was); when either is a per-call candidate the calls must nest."""
-    if (outer.call is None and inner.call is None) or outer.span is None or inner.span is None:
+    """True if ``inner``'s gated call runs inside ``outer``'s (or is it): the calls must nest (for modules
+    held and called once this is module nesting); module nesting when a span is unknown."""
+    if outer.span is None or inner.span is None:
         return within(inner.path, outer.path)
+    # spans even between modules called once: a module that two blocks hold runs where it is called
+    # (removing the block that holds it first does not remove it from the other)
     return outer.span[0] <= inner.span[0] and inner.span[1] <= outer.span[1]
 
 
@@ -198,17 +171,19 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"], fill: str = "zer
                   for x in graph.subtree(c.cid)}
     # A removed layer still passes its input on: contract its vertices into one node (conservative:
     # its side inputs stay live).  A zero stub passes nothing: its vertices go.
+    # Membership by call, not by name: a module shared by two parents (Flaubert's one activation object
+    # in every FFN, registered under ffns.0) runs inside ffns.1 too, and goes on running there.
     merge_into = {}
     killed = set()
+    zero_calls = {x for p in zero_paths for c in graph.calls_of(p) for x in graph.subtree(c.cid)}
+    layer_calls = {x: f"removed:{p}" for p in layer_paths for c in graph.calls_of(p) for x in graph.subtree(c.cid)}
     for v, d in G.nodes(data=True):
         if "cid" not in d:
             continue
-        owner = graph.owner_path(v)
-        if any(within(owner, p) for p in zero_paths) or d["cid"] in call_zero:
+        if d["cid"] in zero_calls or d["cid"] in call_zero:
             killed.add(v)
-        for p in layer_paths:
-            if within(owner, p):
-                merge_into[v] = f"removed:{p}"
+        if d["cid"] in layer_calls:
+            merge_into[v] = layer_calls[d["cid"]]
         if d["cid"] in call_layer:
             merge_into[v] = call_layer[d["cid"]]
     H = nx.relabel_nodes(G.subgraph(set(G) - killed), merge_into, copy=True)
@@ -228,7 +203,9 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"], fill: str = "zer
     skips = [(c.cid, c.kind) for c in per_call] + [(x, "branch") for x in dead_calls]
     shared = _per_call_replacements(graph, skips, gone)
     reps += shared
-    full = [r.path for r in reps if r.calls is None] + [a for r in shared if r.every_call for a in graph.aliases(r.path)]
+    # a replaced module is replaced under every name the model holds it by (see apply)
+    full = [a for r in reps if r.calls is None for a in graph.aliases(r.path)] + \
+        [a for r in shared if r.every_call for a in graph.aliases(r.path)]
     inner = set().union(*(graph.subtree(x) - {x} for x in gone)) if gone else set()
     flops = sum(graph.call(x).flops for x in gone - inner)  # outermost calls only: nothing counted twice
     linear = [r for r in reps if r.mode == "linear"]  # shape [in, out, dim]: in*out weights + out biases

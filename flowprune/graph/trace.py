@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import InputError, TraceError
 from .._tree import tensor_leaves
+from .._runtime import call_model, eval_mode  # noqa: F401  (re-exported)
 from .recorder import Recorder
 
 
@@ -55,27 +56,6 @@ def check_inputs(model: Any, example_inputs: Any) -> None:
     if len(devices) == 1 and in_devices and in_devices != devices:
         raise InputError(f"example_inputs are on {sorted(map(str, in_devices))} but the model is on "
                          f"{next(iter(devices))}: move them with .to(device)")
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """``model(inputs)`` for a tensor, ``model(*inputs)`` for a tuple, ``model(**inputs)`` for a dict."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, tuple):
-        return model(*inputs)
-    return model(inputs)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run in eval() (dropout off, BatchNorm on running stats) and restore each module's flag after."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, f in flags.items():
-            m.training = f
 
 
 def record(model: nn.Module, example_inputs: Any) -> tuple[Recorder, Any]:

@@ -23,8 +23,8 @@ from torch import nn
 from .._tree import first_tensor, tensor_leaves
 from ..data import split_batch
 from ..errors import InputError
-from ..graph.removal import Replacement
-from ..graph.trace import call_model, eval_mode
+from ..plan import Replacement
+from .._runtime import call_model, eval_mode
 from ..plan import Plan
 
 

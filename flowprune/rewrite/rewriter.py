@@ -12,7 +12,7 @@ from torch import nn
 from ..adapters import num_layers, renumber, sync_config
 from ..errors import InputError, PlanError
 from ..data import as_batches
-from ..graph.removal import Replacement
+from ..plan import Replacement
 from ..graph.trace import unwrap
 from ..plan import Plan, fingerprint
 from .fill import fit_fills
@@ -71,9 +71,10 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
     stubbed = [(rep, parent, name) for rep, parent, name in targets if rep.mode != "delete" and not _skips(rep)]
     swaps = [(parent, name, getattr(parent, name), make_stub(rep, getattr(parent, name), fitted.get(rep.path)))
              for rep, parent, name in stubbed]
-    # a shared module removed in every call goes wherever the model holds it (a list may hold it twice)
-    swaps += [(p, n, old, stub) for (parent, name, old, stub), (rep, _, _) in zip(list(swaps), stubbed)
-              if rep.calls is not None for p, n in positions(model, old) if not (p is parent and n == name)]
+    # a module removed in every call goes wherever the model holds it (a list may hold it twice, two
+    # blocks may share it): its gate hooked the module object, so every holder saw the removal
+    swaps += [(p, n, old, stub) for (parent, name, old, stub) in list(swaps)
+              for p, n in positions(model, old) if not (p is parent and n == name)]
     # a shared module that keeps some calls stays, and skips the others itself (see calls.py)
     skips = [(getattr(parent, name), rep) for rep, parent, name in targets if _skips(rep)]
     # 2. commit: stubs in (undone if anything fails), then layer deletions with the config kept in sync

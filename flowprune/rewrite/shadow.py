@@ -69,6 +69,19 @@ def shadow_of(module: nn.Module | None, path: str = "") -> dict | None:
     if module is None:
         return None
     attrs = {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS and _plain(v)}
+    for cls in type(module).__mro__:  # class-level settings (``attention_type = "sliding"``), plain properties
+        if cls is nn.Module or cls is object:
+            break
+        for k, v in vars(cls).items():
+            if k in attrs or k.startswith("__"):
+                continue
+            if isinstance(v, property):
+                try:
+                    v = getattr(module, k)
+                except Exception:  # a property that needs more than the module's plain state
+                    continue
+            if _plain(v):
+                attrs[k] = v
     tensors = {n: (tuple(t.shape), t.dtype, t.device)
                for n, t in list(module._parameters.items()) + list(module._buffers.items()) if t is not None}
     nones = [n for n, t in list(module._parameters.items()) + list(module._buffers.items()) if t is None]

@@ -108,8 +108,8 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
     total = sum(eng.sizes)
     L0 = measured_base / total if base_loss is None else base_loss
     order = {c.id: k for k, c in enumerate(eng.candidates)}
-    return {cid: {"loss": s["loss"] / total - L0, "kl": s["kl"] / n_tokens, "spvr": s["spvr"]}
-            for cid, s in sorted(sums.items(), key=lambda kv: order[kv[0]])}
+    return {cand_id: {"loss": s["loss"] / total - L0, "kl": s["kl"] / n_tokens, "spvr": s["spvr"]}
+            for cand_id, s in sorted(sums.items(), key=lambda kv: order[kv[0]])}
 
 
 def exact_rescore(eng: Engine, base_loss: float):

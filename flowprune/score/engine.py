@@ -29,7 +29,7 @@ from ..gates import Gates
 from ..graph import Candidate, FlowGraph
 from ..graph.callstack import call_key
 from ..graph.internal import is_internal
-from ..graph.trace import call_model, eval_mode
+from .._runtime import call_model, eval_mode
 from .losses import LossSpec, resolve
 
 
@@ -155,8 +155,8 @@ class Engine:
     def alpha_for(self, removed: Sequence[str] = ()) -> torch.Tensor:
         a = torch.ones(len(self.candidates), device=self.gates.device)
         idx = self.gates.index
-        for cid in removed:
-            a[idx[cid]] = 0.0
+        for cand_id in removed:
+            a[idx[cand_id]] = 0.0
         return a
 
     def check_finite(self) -> None:

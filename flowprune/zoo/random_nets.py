@@ -1,17 +1,20 @@
 """Random architectures for fuzzing: a small spec (``NetSpec`` of ``Block``s) and a builder.
 
 A net is ``stem -> [conv blocks -> pool] -> blocks -> head``, on 2-D ``[B, D]``, 3-D ``[B, T, D]`` or
-image ``[B, C, H, W]`` inputs.  Block kinds cover the patterns flowprune has to see through: residual
-adds (written six ways, in place too), parallel branches (Falcon's ``x + f(h) + g(h)``), DenseNet
-concats, dimension changes and projections, submodules returning tuples/lists/dicts, modules called
-twice, tied weights, gated (GLU / squeeze-excitation) products, attention and RNN leaves.  Each
+image ``[B, C, H, W]`` inputs (passed as a tensor, a tuple or a dict; batch 1-3; float32 or float64).
+Block kinds cover the patterns flowprune has to see through: residual adds (written a dozen ways:
+in place, reshaped, sliced, subtracted, scaled, behind a keyword call...), parallel branches (Falcon's
+``x + f(h) + g(h)``), DenseNet concats (also along tokens/height/batch), width changes and
+projections, submodules returning tuples/lists/dicts, modules called twice, one branch module held by
+two blocks, tied weights, weights used functionally, gated (GLU / squeeze-excitation) products,
+attention and RNN leaves.  Each
 ``Block`` has a ``variant`` integer read modulo the number of variants of its kind, so that any
 drawn spec builds a valid model and a spec's ``repr`` is a complete repro:
 
 >>> from flowprune.zoo.random_nets import Block, NetSpec, build
 >>> model, x = build(NetSpec("vec", 4, blocks=(Block("res"), Block("dense", width=3))))
 
-``net_specs()`` is the hypothesis strategy drawing specs (hypothesis is imported only there).
+``fuzzing.net_specs()`` is the hypothesis strategy drawing specs; this module needs torch only.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from torch import Tensor, nn
 ACTS = ("relu", "relu_inplace", "f_relu_", "gelu", "f_gelu", "tanh", "silu", "identity")
 NORMS = ("none", "pre", "post", "inner")
 # kind -> number of variants (Block.variant is taken modulo this)
-VARIANTS = {"res": 11, "parallel": 5, "dense": 5, "plain": 3, "proj": 2, "tuple": 7, "dict": 5, "shared": 4,
-            "again": 1, "alias": 11, "tied": 2, "glu": 2, "func": 2, "mha": 3, "rnn": 2}
+VARIANTS = {"res": 14, "parallel": 5, "dense": 6, "plain": 3, "proj": 2, "tuple": 7, "dict": 5, "shared": 4,
+            "again": 1, "alias": 14, "tied": 2, "glu": 2, "func": 2, "mha": 3, "rnn": 2}
 _COMMON = ("res", "parallel", "dense", "plain", "proj", "tuple", "dict", "shared", "again", "alias", "tied", "glu",
            "func")
 KINDS = {"img": _COMMON, "vec": _COMMON}
@@ -52,7 +55,7 @@ class NetSpec:
     """``input``: "vec" ([B, D]), "seq" ([B, T, D]) or "img" ([B, C, H, W]); ``dim``: D or C;
     ``conv``: blocks before the global pool (img only); ``container``: "list", "seq" or "attrs"
     (how blocks are held); ``out``: the model returns a "tensor", a "tuple" or a "dict"; ``call``:
-    the example input is a "tensor", a "tuple" ``(x,)`` or a "dict" ``{"x": x}``; ``batch``: its batch
+    the example input is a "tensor", a "tuple" ``(x,)`` or a "dict" ``{"x": x, "scale": 0.5}``; ``batch``: its batch
     size; ``double``: float64 weights and inputs."""
 
     input: str
@@ -139,11 +142,12 @@ class _Block(nn.Module):
 class Res(_Block):
     """``x + f(h)`` written as: +, reversed +, ``out += x``, ``x += out`` (mutates the input),
     torch.add, a scalar scale, a layer-scale parameter, relu after the add, in-place pre-activation,
-    ``f`` called with a keyword argument, ``f``'s output also used after the add."""
+    ``f`` called with a keyword argument, ``f``'s output also used after the add, reshaped, sliced
+    (f is one wider), subtracted."""
 
     def __init__(self, dom: Dom, d: int, b: Block):
         super().__init__(dom, d, b)
-        self.f = self.unit(dom, d, b)
+        self.f = self.unit(dom, d, b, d + 1 if self.v == 12 else d)
         if self.v == 6:
             self.gamma = nn.Parameter(torch.rand(d, 1, 1) if dom.kind == "img" else torch.rand(d))
         self.dim_feat = 1 if dom.kind == "img" else -1
@@ -173,6 +177,12 @@ class Res(_Block):
             y = F.relu(x + self.f(h), inplace=True)
         elif v == 9:
             y = x + self.f(x=h)
+        elif v == 11:
+            y = x + self.f(h).flatten(1).view_as(x)
+        elif v == 12:
+            y = x + (self.f(h)[:, :-1] if self.dom == "img" else self.f(h)[..., :-1])
+        elif v == 13:
+            y = x - self.f(h)
         else:  # f's output has a second consumer besides the add
             out = self.f(h)
             y = (x + out) * torch.sigmoid(out.mean(self.dim_feat, keepdim=True))
@@ -208,7 +218,7 @@ class Parallel(_Block):
 
 class Dense(_Block):
     """DenseNet-like ``cat([x, f(h)])`` (the width grows): both orders, two new parts, a pre-activated
-    single layer, ``torch.concat``."""
+    single layer, ``torch.concat``; variant 5 concatenates along another dim (tokens, height, batch)."""
 
     def __init__(self, dom: Dom, d: int, b: Block):
         super().__init__(dom, d, b)
@@ -220,7 +230,9 @@ class Dense(_Block):
             self.f = self.unit(dom, d, b, w)
         if self.v == 2:
             self.g = self.unit(dom, d, b, w)
-        self.d_out = d + w * (2 if self.v == 2 else 1)
+        if self.v == 5:
+            self.f = self.unit(dom, d, b, d)
+        self.d_out = d if self.v == 5 else d + w * (2 if self.v == 2 else 1)
 
     def forward(self, x: Tensor) -> Tensor:
         h, v, dim = self.h(x), self.v, 1 if self.dom == "img" else -1
@@ -232,6 +244,8 @@ class Dense(_Block):
             return torch.cat([x, self.f(apply_act(self.act_name, self.act, self.n(h)))], dim)
         if v == 4:
             return torch.concat((x, self.f(h)), dim=dim)
+        if v == 5:  # img: height, seq: tokens, vec: batch
+            return torch.cat([x, self.f(h)], 2 if self.dom == "img" else 1 if self.dom == "seq" else 0)
         return torch.cat([x, self.f(h)], dim)
 
 
@@ -505,8 +519,10 @@ class RandomNet(nn.Module):
                     continue
                 kind = "res"
             if kind == "alias":  # a Res whose branch module is an earlier block's (held by two parents)
-                prev = next((m.f for m in reversed(mods) if isinstance(m, (Res, Parallel, Shared)) and m.d_in == d), None)
-                m = Res(dom, d, replace(b, kind="res"))
+                prev = next((m.f for m in reversed(mods) if isinstance(m, (Res, Parallel, Shared)) and m.d_in == d
+                             and not (isinstance(m, Res) and m.v == 12)), None)  # v12's f is one wider
+                v12 = b.variant % VARIANTS["res"] == 12  # would slice the borrowed d -> d branch
+                m = Res(dom, d, replace(b, kind="res", variant=0 if v12 and prev is not None else b.variant))
                 if prev is not None:
                     m.f = prev
                 m.d_in, m.kind = d, kind
@@ -549,8 +565,8 @@ class RandomNet(nn.Module):
                 x = held(x)
         return x
 
-    def forward(self, x: Tensor) -> Any:
-        x = self._run("features", self.stem(x))
+    def forward(self, x: Tensor, scale: float = 1.0) -> Any:
+        x = self._run("features", self.stem(x * scale if scale != 1.0 else x))
         if self.pool is not None:
             x = self.pool(x)
         x = self._run("blocks", x)
@@ -568,7 +584,7 @@ def example_inputs(spec: NetSpec, extra: int = 0) -> Any:
     b = spec.batch + extra
     shape = {"vec": (b, spec.dim), "seq": (b, 4 + extra, spec.dim), "img": (b, spec.dim, 5, 5)}[spec.input]
     x = torch.randn(shape, generator=gen, dtype=torch.float64 if spec.double else torch.float32)
-    return {"tensor": x, "tuple": (x,), "dict": {"x": x}}[spec.call]
+    return {"tensor": x, "tuple": (x,), "dict": {"x": x, "scale": 0.5}}[spec.call]
 
 
 def build(spec: NetSpec) -> tuple[RandomNet, Any]:
@@ -586,50 +602,3 @@ def build(spec: NetSpec) -> tuple[RandomNet, Any]:
     if spec.double:
         model.double()
     return model.eval(), example_inputs(spec)
-
-
-# -- hypothesis strategy --------------------------------------------------------------------------------
-def writes_input(b: Block) -> bool:
-    """True if the block may write into its own input in place (``x += f(x)``, ``relu_(x)``).  Kinds
-    that fall back to "res" ("again" without a block to repeat, "mha"/"rnn" outside "seq") count as res."""
-    inplace_act = b.act in ("relu_inplace", "f_relu_") and b.norm != "pre"  # applied to the input itself
-    if b.kind == "shared":
-        return b.variant % VARIANTS["shared"] == 1 and inplace_act
-    if b.kind == "func":
-        return inplace_act
-    if b.kind in ("res", "again", "alias", "mha", "rnn") or b.kind not in VARIANTS:
-        v = b.variant % VARIANTS["res"]
-        return v == 3 or (v == 8 and b.norm != "pre")
-    return False
-
-
-def tame(b: Block) -> Block:
-    """``b`` rewritten not to write into its input (the in-place add goes onto the branch output)."""
-    if not writes_input(b):
-        return b
-    if b.kind in ("shared", "func"):
-        return replace(b, norm="pre")
-    return replace(b, variant=2 if b.variant % VARIANTS["res"] == 3 else 0)
-
-
-def net_specs(max_blocks: int = 5, max_conv: int = 3, input_writes: bool = True) -> Any:
-    """Hypothesis strategy for ``NetSpec``s (small widths: 2..6; at most ``max_blocks`` blocks);
-    ``input_writes=False``: no block writes into its own input (see ``writes_input``)."""
-    from hypothesis import strategies as st
-
-    def blocks(dom: str, lo: int, hi: int) -> Any:
-        block = st.builds(Block, kind=st.sampled_from(KINDS[dom]), width=st.integers(2, 6),
-                          act=st.sampled_from(ACTS), norm=st.sampled_from(NORMS), variant=st.integers(0, 11),
-                          bn=st.booleans())
-        return st.lists(block if input_writes else block.map(tame), min_size=lo, max_size=hi).map(tuple)
-
-    def with_input(inp: str) -> Any:
-        conv = blocks("img", 1, max_conv) if inp == "img" else st.just(())
-        return st.builds(NetSpec, input=st.just(inp), dim=st.integers(2, 6), conv=conv,
-                         blocks=blocks(inp, 0 if inp == "img" else 1, max_blocks if inp != "img" else 2),
-                         container=st.sampled_from(("list", "seq", "attrs")),
-                         out=st.sampled_from(("tensor", "tuple", "dict")), seed=st.integers(0, 2**16),
-                         call=st.sampled_from(("tensor", "tuple", "dict")), batch=st.integers(1, 3),
-                         double=st.booleans())
-
-    return st.sampled_from(("vec", "seq", "img")).flatmap(with_input)
