@@ -21,7 +21,6 @@ import gc
 import inspect
 import json
 import math
-import os
 import signal
 import time
 import traceback
@@ -57,10 +56,10 @@ LIST_SIZES = {"hidden_sizes": 8, "embed_dims": 8, "dims": 8, "channels": 8, "enc
               "neck_hidden_sizes": 8, "embed_dim": 8}
 
 
-def shrink(cfg: Any, seen: set | None = None, layers_only: bool = False) -> None:
+def shrink(cfg: Any, seen: set | None = None, layers_only: bool = False, ssm: bool = False) -> None:
     """Shrink ``cfg`` (a PretrainedConfig) and its sub-configs in place to a tiny model (``layers_only``:
     only depth, experts and vocabulary, for configs whose widths are tied by rules the generic
-    override breaks)."""
+    override breaks; ``ssm``: also tie state-space head sizes to the shrunk width)."""
     from transformers import PretrainedConfig
 
     seen = seen if seen is not None else set()
@@ -81,6 +80,7 @@ def shrink(cfg: Any, seen: set | None = None, layers_only: bool = False) -> None
         put(HEADS, 4)
         put(KV_HEADS, 2)
         put(HEAD_DIM, 8)
+    n0 = d.get("num_hidden_layers")
     put(LAYERS, 2)
     put(EXPERTS, 4)
     put(("num_experts_per_tok", "moe_topk", "num_selected_experts", "top_k"), 2)
@@ -97,15 +97,29 @@ def shrink(cfg: Any, seen: set | None = None, layers_only: bool = False) -> None
         v = d.get(n)
         if isinstance(v, (list, tuple)) and v and all(isinstance(x, int) for x in v):
             setattr(cfg, n, type(v)(1 for _ in v))
+    # state-space mixers: heads x head_dim must equal expand x hidden (Mamba2, Bamba, FalconH1, ...)
+    for exp, nh, hd, ng in (("expand", "num_heads", "head_dim", "n_groups"),
+                            ("mamba_expand", "mamba_n_heads", "mamba_d_head", "mamba_n_groups")):
+        if ssm and all(isinstance(d.get(k), int) for k in (exp, nh, hd, "hidden_size")):
+            setattr(cfg, nh, min(d[nh], 4))
+            setattr(cfg, hd, d[exp] * d["hidden_size"] // d[nh])
+            if isinstance(d.get(ng), int):
+                setattr(cfg, ng, 1)
     if isinstance(d.get("vocab_size"), int) and d["vocab_size"] > 128:
         ids = [v for k, v in d.items() if (k.endswith("token_id") or k.endswith("token_index"))
                and isinstance(v, int) and not isinstance(v, bool)]
         cfg.vocab_size = max([128] + [i + 1 for i in ids if i < d["vocab_size"]])
-    if isinstance(d.get("layer_types"), list) and isinstance(d.get("num_hidden_layers"), int):
-        cfg.layer_types = d["layer_types"][: d["num_hidden_layers"]]
+    n = d.get("num_hidden_layers")
+    if isinstance(n0, int) and isinstance(n, int) and n < n0:  # per-layer lists (layer_types, rope thetas)
+        for k, v in list(d.items()):
+            if isinstance(v, (list, tuple)) and len(v) == n0 and not k.startswith("_"):
+                try:
+                    setattr(cfg, k, type(v)(v[:n]))
+                except Exception:  # a strict config refusing it: not a per-layer list
+                    pass
     for v in list(d.values()):
         if isinstance(v, PretrainedConfig):
-            shrink(v, seen, layers_only)
+            shrink(v, seen, layers_only, ssm)
         elif isinstance(v, dict) and "model_type" in v:
             pass  # a sub-config kept as a dict is rebuilt by the model; left as it is
 
@@ -113,7 +127,17 @@ def shrink(cfg: Any, seen: set | None = None, layers_only: bool = False) -> None
 MAX_PARAMS = 60_000_000  # a layers-only build larger than this is not tried (memory, time)
 
 
+def _task_classes(model_type: str) -> list[str]:
+    """Model classes registered for ``model_type`` in any auto mapping (base model first)."""
+    import transformers.models.auto.modeling_auto as ma
+
+    names = ["MODEL_MAPPING_NAMES"] + sorted(n for n in dir(ma) if n.startswith("MODEL_FOR") and n.endswith("_NAMES"))
+    out = [getattr(ma, n).get(model_type) for n in names]
+    return list(dict.fromkeys(c for c in out if isinstance(c, str)))
+
+
 def _instantiate(cfg: Any) -> torch.nn.Module:
+    import transformers
     from transformers import AutoModel, AutoModelForCausalLM
 
     last: Exception | None = None
@@ -123,15 +147,21 @@ def _instantiate(cfg: Any) -> torch.nn.Module:
                 return cls.from_config(cfg, **kw)
             except ValueError as e:  # not a causal LM / no eager attention: try the next
                 last = e
+    # no AutoModel entry (sub-model configs, task-only models): the class another auto mapping names
+    for name in _task_classes(cfg.model_type):
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            cfg._attn_implementation = "eager"
+            return cls(cfg)
     raise last  # type: ignore[misc]
 
 
-def build(model_type: str, layers_only: bool = False) -> tuple[torch.nn.Module, Any]:
+def build(model_type: str, layers_only: bool = False, ssm: bool = False) -> tuple[torch.nn.Module, Any]:
     """A tiny randomly initialised model of ``model_type`` in eval mode, and its config."""
     from transformers import AutoConfig
 
     cfg = AutoConfig.for_model(model_type)
-    shrink(cfg, layers_only=layers_only)
+    shrink(cfg, layers_only=layers_only, ssm=ssm)
     if layers_only:
         with torch.device("meta"):
             n = sum(p.numel() for p in _instantiate(cfg).parameters())
@@ -220,10 +250,10 @@ def _buildable(model_type: str, r: dict) -> tuple[torch.nn.Module, dict]:
     """Model and inputs on which one plain forward runs: tiny widths first, then only the depth shrunk."""
     first: Exception | None = None
     stage = "config"
-    for layers_only in (False, True):
+    for layers_only, ssm in ((False, False), (False, True), (True, False)):
         try:
             r["stage"] = "config"
-            model, cfg = build(model_type, layers_only)
+            model, cfg = build(model_type, layers_only, ssm)
             r["class"] = type(model).__name__
             r["params"] = sum(p.numel() for p in model.parameters())
             r["stage"] = "forward"
@@ -231,7 +261,7 @@ def _buildable(model_type: str, r: dict) -> tuple[torch.nn.Module, dict]:
             for i, x in enumerate(options):
                 try:
                     _floats(model, x)
-                    r["shrink"] = "layers only" if layers_only else "tiny"
+                    r["shrink"] = "layers only" if layers_only else "tiny" + (" (ssm heads)" if ssm else "")
                     return model, x
                 except Timeout:
                     raise
@@ -327,8 +357,11 @@ def table(results: list[dict], command: str) -> str:
     with_c = [r for r in traced if r.get("candidates")]
     all_eq = [r for r in with_c if r.get("stage") == "done" and not r.get("differ") and not r.get("raised")]
     differ = [r for r in with_c if r.get("differ")]
-    pct = lambda a, b: f"{100 * len(a) / max(len(b), 1):.1f} %"
-    lines = [f"# Hugging Face sweep: every model type, tiny random config", "",
+    def pct(a: list, b: list) -> str:
+        return f"{100 * len(a) / max(len(b), 1):.1f} %"
+
+    checked = sum(r.get("equal", 0) + len(r.get("differ", [])) + len(r.get("raised", [])) for r in with_c)
+    lines = ["# Hugging Face sweep: every model type, tiny random config", "",
              f"Command: `{command}`  ", f"transformers {__import__('transformers').__version__}, "
              f"torch {torch.__version__}, tolerance {TOL} (max abs diff, rewritten vs gated, same inputs).", "",
              "| stage | model types | share |", "|---|---:|---:|",
@@ -336,11 +369,13 @@ def table(results: list[dict], command: str) -> str:
              f"| buildable (tiny config + model + one forward) | {len(buildable)} | {pct(buildable, results)} of all |",
              f"| traced | {len(traced)} | {pct(traced, buildable)} of buildable |",
              f"| with candidates | {len(with_c)} | {pct(with_c, traced)} of traced |",
-             f"| every single-candidate rewrite == gated | {len(all_eq)} | {pct(all_eq, with_c)} of with candidates |",
+             f"| every single-candidate rewrite == gated | {len(all_eq)} | "
+             f"{pct(all_eq, with_c)} of with candidates |",
              f"| some rewrite != gated (wrong model) | {len(differ)} | |", "",
-             f"Candidates checked: {sum(r.get('equal', 0) + len(r.get('differ', [])) + len(r.get('raised', [])) for r in with_c)}, "
+             f"Candidates checked: {checked}, "
              f"equal: {sum(r.get('equal', 0) for r in with_c)}, rewrite raised: "
-             f"{sum(len(r.get('raised', [])) for r in with_c)}, differ: {sum(len(r.get('differ', [])) for r in with_c)}, "
+             f"{sum(len(r.get('raised', [])) for r in with_c)}, "
+             f"differ: {sum(len(r.get('differ', [])) for r in with_c)}, "
              f"dropped by the gates' self-check: {sum(r.get('dropped', 0) for r in with_c)}.", ""]
     if differ:
         lines += ["## Rewrite != gated (wrong model)", ""]
@@ -354,8 +389,9 @@ def table(results: list[dict], command: str) -> str:
               f"equal" + (f", {len(r['differ'])} differ" if r.get("differ") else "") for r in slow] + [""]
     raised = [r for r in with_c if r.get("raised") or (r.get("error") and r not in slow)]
     lines += ["## Traced, some rewrite raised (a clear error, not a wrong model)", ""]
-    lines += [f"- `{r['type']}` ({r.get('class')}): " + "; ".join((r.get("raised") or [])[:3] + ([r["error"]] if r.get("error") else []))
-              for r in raised] + [""]
+    lines += [f"- `{r['type']}` ({r.get('class')}): "
+              + "; ".join((r.get("raised") or [])[:3] + ([r["error"]] if r.get("error") else [])) for r in raised]
+    lines += [""]
     nocand = [r for r in traced if not r.get("candidates")]
     lines += ["## Traced, no candidates", "", ", ".join(f"`{r['type']}`" for r in nocand) or "none", ""]
     skipped = [r for r in results if not r.get("buildable")]
@@ -403,8 +439,9 @@ def main() -> None:
         if not args.types:
             with cache.open("a") as f:
                 f.write(json.dumps(r) + "\n")
-        status = ("OK" if r.get("stage") == "done" and not r.get("differ") and not r.get("raised") else
-                  f"DIFF {r['differ'][:2]}" if r.get("differ") else r.get("error") or f"raised {r.get('raised', [])[:2]}")
+        ok = r.get("stage") == "done" and not r.get("differ") and not r.get("raised")
+        status = "OK" if ok else f"DIFF {r['differ'][:2]}" if r.get("differ") else \
+            r.get("error") or f"raised {r.get('raised', [])[:2]}"
         print(f"[{i + 1}/{len(types)}] {t}: {r.get('candidates', '-')} cands, {r['seconds']}s {status}", flush=True)
         gc.collect()
     results = [done[t] for t in types]

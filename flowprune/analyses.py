@@ -19,6 +19,7 @@ keeps the interactions), then the Hutchinson diagonal (no interactions).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -146,11 +147,39 @@ ORDER = ("flow", "loss", "taylor2", "taylor2_diag", "taylor1", "fisher")
 # which computed matrix the quadratic strategy and report.predict use, best first
 MATRIX_PREFERENCE = ("taylor2", "fisher", "taylor2_diag")
 
-CRITERIA: dict[str, Criterion] = {}
-for _a in (*ANALYSES.values(), BASELINES):
-    for _name, _desc in _a.columns.items():
-        CRITERIA.setdefault(_name, Criterion(_name, _a.name, _desc))
-DESCRIPTIONS = {name: c.description for name, c in CRITERIA.items()}
+class _Columns(Mapping):
+    """Every criterion, derived from ``ANALYSES`` on each look-up (so one added analysis is enough)."""
+
+    def _all(self) -> dict[str, Criterion]:
+        out: dict[str, Criterion] = {}
+        for a in (*ANALYSES.values(), BASELINES):
+            for name, desc in a.columns.items():
+                out.setdefault(name, Criterion(name, a.name, desc))
+        return out
+
+    def __getitem__(self, name: str) -> Criterion:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+class _Descriptions(Mapping):
+    def __getitem__(self, name: str) -> str:
+        return CRITERIA[name].description
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(CRITERIA)
+
+    def __len__(self) -> int:
+        return len(CRITERIA)
+
+
+CRITERIA: Mapping[str, Criterion] = _Columns()
+DESCRIPTIONS: Mapping[str, str] = _Descriptions()
 
 
 def needed_for(criterion: str) -> str | None:

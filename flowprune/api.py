@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from .analyses import ANALYSES, BASELINES, CRITERIA, MATRIX_PREFERENCE, ORDER, Context, needed_for
+from .analyses import ANALYSES, BASELINES, CRITERIA, MATRIX_PREFERENCE, ORDER, Context, Result, needed_for
 from .data import as_batches, split_batch
 from .errors import InputError
 from .graph import trace
@@ -70,34 +70,55 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
     timings["trace"] = time.perf_counter() - t
     eng = Engine(graph, batches, loss, progress=progress)
     ctx = Context(seed=seed)
-    results = {}
     with eng:
         eng.gates.check = False  # checked once on entry; later entries (plans) skip it
-        cands = eng.candidates
         if _check is not None:  # prune's budget, checked on the candidates before any scoring
-            _check(graph, cands)
-
-        def run(name: str) -> None:
-            t0 = time.perf_counter()
-            results[name] = ANALYSES[name].run(eng, ctx)
-            timings[name] = time.perf_counter() - t0
-
-        todo = [a for a in ORDER if a in criteria]
-        if "flow" in todo:  # its pass also records the reference outputs
-            run("flow")
-        eng.check_finite()  # NaN/inf in an output or loss: an error naming the batch, before any score
-        ctx.base_loss = eng.loss()
-        for name in todo:
-            if name != "flow":
-                run(name)
+            _check(graph, eng.candidates)
+        results = _run_analyses(eng, criteria, ctx, timings)
     results["baselines"] = BASELINES.run(eng, ctx)
+    matrix = next((a for a in MATRIX_PREFERENCE if a in results), None)  # documented preference order
+    g = results[matrix].g if matrix else next((r.g for r in results.values() if r.g is not None), None)
+    H = results[matrix].H if matrix else None
+    names, rows = _rows(eng.candidates, results)
+    data = ReportData(model_class=type(model).__name__, fingerprint=graph.fingerprint,
+                      loss=loss if isinstance(loss, str) else "callable", base_loss=ctx.base_loss,
+                      num_samples=sum(eng.sizes), total_params=graph.total_params, total_flops=graph.total_flops,
+                      criteria=names, rank_by="loss" if "loss" in names else (names[0] if names else None),
+                      candidates=rows, fidelity=agreement(rows, names),
+                      g=None if g is None else g.tolist(), H=None if H is None else H.tolist(),
+                      hessian_kind=matrix, dropped=dict(eng.gates.failed), timings=timings,
+                      graph=graph_data(graph, eng.candidates, ctx.graph_flow))
+    return Report(data, Planner(eng, data))
+
+
+def _run_analyses(eng: Engine, criteria: Sequence[str], ctx: Context, timings: dict) -> dict[str, Result]:
+    """Run the requested analyses in the registry's order (added ones last), timing each.  Flow goes
+    first: its pass also records the reference outputs; then the outputs and base loss are checked."""
+
+    def run(name: str) -> None:
+        t0 = time.perf_counter()
+        results[name] = ANALYSES[name].run(eng, ctx)
+        timings[name] = time.perf_counter() - t0
+
+    results: dict[str, Result] = {}
+    todo = [a for a in ORDER if a in criteria] + [a for a in criteria if a not in ORDER]
+    if "flow" in todo:
+        run("flow")
+    eng.check_finite()  # NaN/inf in an output or loss: an error naming the batch, before any score
+    ctx.base_loss = eng.loss()
+    for name in todo:
+        if name != "flow":
+            run(name)
+    return results
+
+
+def _rows(cands: list, results: dict[str, Result]) -> tuple[list[str], list[dict]]:
+    """(criteria with at least one finite value, in registry order; one row per candidate, ranked by the
+    exact loss when it was computed, least important first)."""
     cols: dict[str, dict[str, float]] = {c.id: {} for c in cands}
     for res in results.values():
         for cand_id, v in res.columns.items():
             cols[cand_id].update(v)
-    matrix = next((a for a in MATRIX_PREFERENCE if a in results), None)  # documented preference order
-    g = results[matrix].g if matrix else next((r.g for r in results.values() if r.g is not None), None)
-    H = results[matrix].H if matrix else None
     names = [n for n in CRITERIA if cands and n in cols[cands[0].id]]
     names = [n for n in names if not all(math.isnan(cols[c.id][n]) for c in cands)]  # e.g. kl without logits
     primary = "loss" if "loss" in names else (names[0] if names else None)
@@ -105,14 +126,7 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
     rank = {c.id: i + 1 for i, c in enumerate(order)}
     rows = [{"id": c.id, "kind": c.kind, "path": c.path, "params": c.params, "flops": c.flops,
              **{n: cols[c.id].get(n) for n in names}, "rank": rank[c.id]} for c in cands]
-    data = ReportData(model_class=type(model).__name__, fingerprint=graph.fingerprint,
-                      loss=loss if isinstance(loss, str) else "callable", base_loss=ctx.base_loss,
-                      num_samples=sum(eng.sizes), total_params=graph.total_params, total_flops=graph.total_flops,
-                      criteria=names, rank_by=primary, candidates=rows, fidelity=agreement(rows, names),
-                      g=None if g is None else g.tolist(), H=None if H is None else H.tolist(),
-                      hessian_kind=matrix, dropped=dict(eng.gates.failed), timings=timings,
-                      graph=graph_data(graph, cands, ctx.graph_flow))
-    return Report(data, Planner(eng, data))
+    return names, rows
 
 
 def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, criterion: str = "loss",

@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ._version import __version__
+from .adapters import is_stub
 from .errors import CheckpointError, InputError, PlanError
 from .plan import Plan, write_atomic
 
@@ -544,7 +545,7 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
 
 def _stub_state(model: nn.Module) -> dict[str, Any]:
     """The tensors of the ``Removed`` stubs (fills), by state_dict name."""
-    return {f"{n}.{k}": v for n, m in model.named_modules() if type(m).__name__ == "Removed"
+    return {f"{n}.{k}": v for n, m in model.named_modules() if is_stub(m)
             for k, v in m.state_dict().items()}
 
 

@@ -12,8 +12,9 @@ import subprocess
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
-                                reason="Chromium is not installed (CI installs Debian's chromium)")
+pytestmark = [pytest.mark.slow,  # a headless browser
+              pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                 reason="Chromium is not installed (CI installs Debian's chromium)")]
 WIDTH = 1300
 
 

@@ -108,6 +108,7 @@ def _trained_tiny_llama(steps=250, seed=0):
     return m.eval()
 
 
+@pytest.mark.slow  # trains three models (about 1.5 min on 2 cores)
 def test_acceptance_greedy_loss_beats_shortgpt_and_random_on_trained_llamas():
     """Compare what the method optimises (calibration ΔL of the rewritten model), summed over three
     trained models: the trained weights differ with the machine's floating point (thread count, CPU), so

@@ -8,6 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # each notebook trains and analyses in a real kernel
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 

@@ -9,7 +9,8 @@ from torch import nn
 import flowprune
 from flowprune.score.ablation import ablate
 from flowprune.score.engine import Engine
-from flowprune.score.taylor import gradient_and_hessian, predict
+from flowprune.score.taylor import gradient_and_hessian
+from flowprune.solve import predict
 from flowprune.zoo import ZOO
 from support import DenseCat, DenseCat1d, MutatingStack, ReplacesInOutput
 
@@ -54,7 +55,7 @@ def test_gradient_and_hessian_of_a_known_quadratic(method):
 
 
 def test_hessian_matches_finite_differences_through_layernorm():
-    # forward-over-forward is wrong through layer_norm (DESIGN.md); both methods used here must agree
+    # forward-over-forward gives wrong second derivatives through layer_norm; both methods used here must agree
     # with central differences of the gradient in float64
     torch.manual_seed(0)
     m = ZOO["vit"].build().double()

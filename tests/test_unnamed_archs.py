@@ -226,3 +226,10 @@ def test_removed_layer_side_outputs_follow_the_stub():
     torch.manual_seed(0)
     ids = _assert_rewrites_equal(_BiasStack().eval(), torch.randn(4, 8), min_candidates=3)
     assert "blocks.0:layer" in ids
+
+
+def test_prune_compiled_model_gives_plain_module():
+    model, x = _mlp()
+    small, _ = flowprune.prune(torch.compile(model), [x, x], flowprune.Budget(count=1), progress=False)
+    assert type(small) is type(model)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())

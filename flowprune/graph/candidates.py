@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 from torch import nn
 
-from ..adapters import layer_stacks
+from ..adapters import is_norm, is_stub, layer_stacks
 from .recorder import MergeRecord, Operand, indexed_inputs
 from .removal import effect, within
 
@@ -95,7 +95,7 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
     G = graph.nx
     ncalls = _module_calls(graph)
     # what flowprune already put in (stubs of an earlier plan) is never offered for removal again
-    stubs = [n for n, m in graph.model.named_modules() if getattr(type(m), "flowprune_stub", False)]
+    stubs = [n for n, m in graph.model.named_modules() if is_stub(m)]
     for path in [p for p in ncalls if any(within(p, s) for s in stubs)]:
         ncalls[path] = 0
     # a module called several times gives one candidate per call when one stub can stand for any call
@@ -163,7 +163,7 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
         owners = [rec.path] if index(rec) is None else graph.aliases(rec.path)  # a list may hold it twice
         if any(within(rec.path, r) for r in regions) or graph.params_within(owners) == 0:
             continue
-        if rec.leaf and "Norm" in rec.type_name:
+        if rec.leaf and is_norm(graph.model.get_submodule(rec.path), graph.model):
             continue  # a lone normalisation is not a layer anyone means to drop (its removal rescales)
         parent = parents.get(rec.path)
         in_container = isinstance(parent, (nn.Sequential, nn.ModuleList))

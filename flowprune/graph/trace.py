@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import InputError, TraceError
-from .._tree import tensor_leaves
 from .._runtime import call_model, eval_mode  # noqa: F401  (re-exported)
+from .._tree import tensor_leaves
+from ..errors import InputError, TraceError
 from .recorder import Recorder
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters import num_layers, renumber, sync_config
+from ..adapters import cache_slot, renumber, sync_config
 from ..errors import InputError, PlanError
 from ..data import as_batches
 from ..plan import Replacement
@@ -46,17 +46,7 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
     its inner module is rewritten in place and returned (wrap it again to compile or parallelise).
     """
     model = unwrap(model)
-    if not isinstance(plan, Plan):
-        raise InputError(f"apply_ takes a flowprune.Plan, got {type(plan).__name__}: make one with graph.plan(ids) "
-                         f"or report.plan(budget), or read one with Plan.from_json(path)")
-    if plan in getattr(model, "flowprune_plans", []):
-        raise PlanError("this plan was already applied to this model (see model.flowprune_plans)")
-    if check and fingerprint(model) != plan.fingerprint:
-        n = sum(p.numel() for p in model.parameters())
-        raise PlanError(f"the plan was made for a {plan.model_class} with {plan.params_before:,} parameters "
-                        f"(fingerprint {plan.fingerprint}); this is a {type(model).__name__} with {n:,} parameters "
-                        f"(fingerprint {fingerprint(model)}). Trace this model and make a new plan, or pass "
-                        f"check=False if only parameter names changed.")
+    _check_plan(model, plan, check, "apply_")
     # 1. validate the whole plan and build every stub; the model is not changed until all of it works
     modules = dict(model.named_modules())
     targets = [(r, *_resolve(model, r.path, modules)) for r in plan.replacements]
@@ -78,8 +68,37 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
     # a shared module that keeps some calls stays, and skips the others itself (see calls.py)
     skips = [(getattr(parent, name), rep) for rep, parent, name in targets if _skips(rep)]
     # 2. commit: stubs in (undone if anything fails), then layer deletions with the config kept in sync
-    done = []
-    forwards: list[tuple[nn.Module, Any]] = []
+    _swap_in(swaps, skips)
+    for stack_path, idx in deletions.items():
+        stack = modules[stack_path]
+        old_len = len(stack)
+        for i in sorted(idx, reverse=True):
+            del stack[i]
+        sync_config(model, stack_path, idx, old_len)  # a list the config does not count leaves it alone
+        renumber(stack, model)
+    install_call_reset(model)  # modules that skip calls count them per forward of the root
+    model.flowprune_plans = list(getattr(model, "flowprune_plans", [])) + [plan]
+    return model
+
+
+def _check_plan(model: nn.Module, plan: Any, check: bool, fn: str) -> None:
+    """PlanError/InputError unless ``plan`` is a Plan made for ``model`` and not applied to it yet."""
+    if not isinstance(plan, Plan):
+        raise InputError(f"{fn} takes a flowprune.Plan, got {type(plan).__name__}: make one with graph.plan(ids) "
+                         f"or report.plan(budget), or read one with Plan.from_json(path)")
+    if plan in getattr(model, "flowprune_plans", []):
+        raise PlanError("this plan was already applied to this model (see model.flowprune_plans)")
+    if check and fingerprint(model) != plan.fingerprint:
+        n = sum(p.numel() for p in model.parameters())
+        raise PlanError(f"the plan was made for a {plan.model_class} with {plan.params_before:,} parameters "
+                        f"(fingerprint {plan.fingerprint}); this is a {type(model).__name__} with {n:,} parameters "
+                        f"(fingerprint {fingerprint(model)}). Trace this model and make a new plan, or pass "
+                        f"check=False if only parameter names changed.")
+
+
+def _swap_in(swaps: list, skips: list) -> None:
+    """Put the stubs in and make shared modules skip their removed calls; undo all of it if one fails."""
+    done, forwards = [], []
     try:
         for parent, name, old, stub in swaps:
             setattr(parent, name, stub)
@@ -96,17 +115,6 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
         for parent, name, old in reversed(done):
             setattr(parent, name, old)
         raise
-    for stack_path, idx in deletions.items():
-        stack = modules[stack_path]
-        old_len = len(stack)
-        for i in sorted(idx, reverse=True):
-            del stack[i]
-        if num_layers(model) == old_len:
-            sync_config(model, idx, old_len)
-        renumber(stack, model)
-    install_call_reset(model)  # modules that skip calls count them per forward of the root
-    model.flowprune_plans = list(getattr(model, "flowprune_plans", [])) + [plan]
-    return model
 
 
 def _skips(rep: Replacement) -> bool:
@@ -122,9 +130,8 @@ def make_stub(rep: Replacement, original: nn.Module | None, fitted: dict | None 
         return original
     structure = rep.structure
     fill = "zeros" if rep.mode == "identity" else rep.mode
-    layer_idx = getattr(original, "layer_idx", None)
     stub = Removed(structure, type(original).__name__ if original is not None else "", fill, rep.out_index,
-                   layer_idx if isinstance(layer_idx, int) else None,
+                   cache_slot(original),
                    fill_shape=rep.shape if fill == "mean" else None,
                    linear=tuple(rep.shape) if fill == "linear" else None)
     stub.shadow = shadow_of(original, rep.path)  # what parents may still read of the original
@@ -149,10 +156,9 @@ def apply(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) ->
     >>> small = flowprune.apply(model, graph.plan(["model.layers.2:layer"]))
     >>> small = flowprune.apply(model, graph.plan(ids, fill="mean"), data=batches)
     """
-    if not isinstance(plan, Plan):
-        raise InputError(f"apply takes a flowprune.Plan, got {type(plan).__name__}: make one with graph.plan(ids) "
-                         f"or report.plan(budget), or read one with Plan.from_json(path)")
-    _check_data(plan, data)  # before copying a possibly large model
+    if not isinstance(plan, Plan):  # before copying a possibly large model
+        _check_plan(model, plan, False, "apply")
+    _check_data(plan, data)
     small = copy.deepcopy(unwrap(model))  # a compiled / DataParallel model gives a plain module
     for m in small.modules():  # a copy made inside `with Gates(...)` must not stay gated
         for key in [k for k, fn in m._forward_hooks.items() if getattr(fn, "_flowprune_gate", False)]:

@@ -86,7 +86,8 @@ def shadow_of(module: nn.Module | None, path: str = "") -> dict | None:
                for n, t in list(module._parameters.items()) + list(module._buffers.items()) if t is not None}
     nones = [n for n, t in list(module._parameters.items()) + list(module._buffers.items()) if t is None]
     modules = {n: shadow_of(m) for n, m in module._modules.items() if m is not None}
-    return {"type": type(module).__name__, "path": path, "attrs": attrs, "tensors": tensors, "none": nones, "modules": modules}
+    return {"type": type(module).__name__, "path": path, "attrs": attrs, "tensors": tensors, "none": nones,
+            "modules": modules}
 
 
 def resolve(spec: dict | None, name: str, anchor: torch.Tensor | None, where: str) -> Any:

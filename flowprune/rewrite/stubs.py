@@ -9,14 +9,8 @@ import torch
 from torch import nn
 
 from .._tree import decode, first_tensor, replace_tensor_leaf
+from ..adapters import fill_cache_slot
 from .shadow import resolve
-
-
-def _kv_cache(kwargs: dict) -> Any:
-    for v in kwargs.values():
-        if hasattr(v, "update") and hasattr(v, "get_seq_length"):
-            return v
-    return None
 
 
 class Removed(nn.Module):
@@ -62,10 +56,7 @@ class Removed(nn.Module):
             out = replace_tensor_leaf(out, self.out_index, lambda z: z + self.fill.to(z.dtype))
         elif self.mode == "linear":
             out = replace_tensor_leaf(out, self.out_index, lambda z: self._linear_fill(x).to(z.dtype))
-        cache = _kv_cache(kwargs)
-        if cache is not None and getattr(self, "layer_idx", None) is not None and x is not None:
-            empty = x.new_zeros(x.shape[0], 1, x.shape[1], 0)  # [B, heads=1, T, head_dim=0]
-            cache.update(empty, empty, self.layer_idx)
+        fill_cache_slot(kwargs, getattr(self, "layer_idx", None), x)  # the KV cache keeps its length
         return out
 
     def _linear_fill(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import inspect
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -30,6 +29,7 @@ from ..graph import Candidate, FlowGraph
 from ..graph.callstack import call_key
 from ..graph.internal import is_internal
 from .._runtime import call_model, eval_mode
+from ..adapters import scoring_kwargs
 from .losses import LossSpec, resolve
 
 
@@ -110,11 +110,7 @@ class Engine:
     def extra_kwargs(model: Any) -> dict:
         """Keyword inputs added to dict batches: HF decoders run without a KV cache during scoring
         (nothing is generated; it also keeps replay free of side effects)."""
-        try:
-            params = inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            return {}
-        return {"use_cache": False} if "use_cache" in params else {}
+        return scoring_kwargs(model)
 
     def inputs(self, i: int) -> Any:
         x, _ = split_batch(self.batches[i])

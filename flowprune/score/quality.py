@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import torch
 
 from .._runtime import call_model, eval_mode
+from ..adapters import scoring_kwargs
 from .losses import hidden_of, lm_loss, logits_of
 
 
@@ -22,7 +23,7 @@ def perplexity(model: torch.nn.Module, data: Iterable[dict]) -> float:
     total, count = 0.0, 0.0
     with torch.no_grad(), eval_mode(model):
         for batch in data:
-            out = model(**{**batch, "use_cache": False}) if isinstance(batch, Mapping) else model(batch)
+            out = model(**{**batch, **scoring_kwargs(model)}) if isinstance(batch, Mapping) else model(batch)
             per = lm_loss(out, batch)  # [B] mean NLL per sequence
             tokens = batch["attention_mask"][:, 1:].sum(1).float() if "attention_mask" in batch else \
                 torch.full_like(per, batch["input_ids"].shape[1] - 1)

@@ -24,7 +24,7 @@ from .losses import logits_of
 
 
 def _math_sdpa():
-    # second derivatives through the fused CPU attention kernels fail: use the math backend (DESIGN.md)
+    # second derivatives through the fused CPU attention kernels fail on torch 2.x: use the math backend
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -162,14 +162,3 @@ def _fisher_outputs(out: Any, ref: Any, eng: Engine, i: int, gen: torch.Generato
         return r, torch.ones_like(r)
     mask = _token_mask(split_batch(eng.batches[i])[0], r.flatten(1))
     return (r.flatten(1) * mask).sum(1), 1 / mask.sum(1).clamp_min(1)
-
-
-def predict(g: torch.Tensor, H: torch.Tensor | None, idx: list[int]) -> float:
-    """Predicted ΔL of removing the candidates at positions ``idx`` together."""
-    if not idx:
-        return 0.0
-    s = torch.tensor(idx)
-    pred = -g[s].sum()
-    if H is not None:
-        pred = pred + 0.5 * H[s][:, s].sum()
-    return float(pred)
