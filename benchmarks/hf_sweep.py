@@ -237,6 +237,7 @@ def _alarm(signum, frame):
 
 
 def _floats(model: torch.nn.Module, x: Any) -> list[torch.Tensor]:
+    torch.manual_seed(0)  # models that sample in eval (ViTMAE's patch masking, ViLT, VITS): same draws
     with torch.no_grad():
         return [t for t in tensor_leaves(call_model(model, x)) if t.is_floating_point()]
 

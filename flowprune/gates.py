@@ -172,7 +172,13 @@ class Gates:
                 return None
             with internal():
                 a = self.alpha[i]
-                return replace_tensor_leaf(output, c.out_index, lambda y: y * a.to(device=y.device, dtype=y.dtype))
+                # every float output scales, not only the one entering the merge: a branch's outputs all
+                # go to that merge (UperNet's list of pooled maps into one concat) and its stub zeros all
+                out = output
+                for k in range(len(tensor_leaves(output))):
+                    out = replace_tensor_leaf(out, k, lambda y: y * a.to(device=y.device, dtype=y.dtype)
+                                              if y.is_floating_point() or k == c.out_index else y)
+                return out
 
         def layer(module, args, kwargs, output):
             if not self._active[i]:

@@ -243,3 +243,26 @@ def test_fisher_of_the_distill_loss_equals_the_gate_hessian_for_a_classifier():
     rep = flowprune.analyze(e.build(), [x], criteria=("taylor2", "fisher"), progress=False)
     for r in rep.candidates:
         assert r["fisher"] == pytest.approx(r["taylor2"], rel=1e-4, abs=1e-9), r["id"]
+
+
+def test_kl_and_spvr_ignore_padded_tokens():
+    """Right padding of a causal LM: what sits behind the mask changes no ablation column (loss, kl,
+    spvr), and the per-token KL is averaged over real tokens only."""
+
+    torch.manual_seed(0)
+    m = ZOO["llama"].build()
+    ids = torch.randint(0, 128, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    other = ids.clone()
+    other[1, 6:] = (other[1, 6:] + 7) % 128  # different garbage behind the padding
+    cols = []
+    for x in (ids, other):
+        batch = {"input_ids": x, "attention_mask": mask, "use_cache": False}
+        g = flowprune.trace(m, batch)
+        with Engine(g, [batch], "distill", progress=False) as eng:
+            eng.references()
+            cols.append(ablate(eng, base_loss=eng.loss()))
+    for cand_id in cols[0]:
+        for k in ("loss", "kl", "spvr"):
+            assert cols[0][cand_id][k] == pytest.approx(cols[1][cand_id][k], abs=1e-5), (cand_id, k)

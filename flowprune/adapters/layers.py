@@ -59,9 +59,16 @@ def _generic_stacks(model: nn.Module) -> list[str]:
     n = getattr(model.config, "num_hidden_layers", None)
     if not isinstance(n, int):
         return []
-    # a list of different module types (T5's [self-attention, FFN] per block) is not a layer stack
+    # a list of different modules is not a layer stack: T5's [self-attention, FFN] per block, RWKV's
+    # first block with its extra pre_ln, vision stages of different widths; deleting from it would hand
+    # a layer another one's place (an identity stub stands in for a removed layer instead)
     return [name for name, m in model.named_modules()
-            if isinstance(m, nn.ModuleList) and len(m) == n and len({type(x) for x in m}) == 1]
+            if isinstance(m, nn.ModuleList) and len(m) == n and len({_structure(x) for x in m}) == 1]
+
+
+def _structure(m: nn.Module) -> tuple:
+    return (tuple((k, type(x).__name__) for k, x in m.named_modules()),
+            tuple((k, tuple(p.shape)) for k, p in m.named_parameters()))
 
 
 def layer_stacks(model: nn.Module) -> list[str]:
