@@ -31,7 +31,6 @@ from torch import nn
 import flowprune
 from flowprune import Budget, Report
 from flowprune.plan import write_atomic
-from flowprune.report import agreement
 
 CRITERIA = ("flow", "loss", "taylor2", "fisher")
 ONE_SHOT = ("loss", "taylor2", "fisher", "flow", "shortgpt", "llmdrop", "magnitude", "random")
@@ -45,7 +44,11 @@ def table(header: list[str], rows: list[list]) -> str:
             return "–" if not math.isfinite(v) else f"{v:.4g}"
         return "–" if v is None else str(v)
 
-    align = ["---" if isinstance(v, str) else "---:" for v in rows[0]] if rows else ["---"] * len(header)
+    align = (
+        ["---" if isinstance(v, str) else "---:" for v in rows[0]]
+        if rows
+        else ["---"] * len(header)
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     return "\n".join(lines + ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows])
 
@@ -66,6 +69,7 @@ def restrict(report: Report, kind: str) -> Report:
 # -- causal LM on the Python docs -------------------------------------------------------------------------
 def lm_setup(steps: int) -> dict:
     from pydoc_data.topics import topics
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
     data = torch.tensor(list("\n".join(topics.values()).encode()), dtype=torch.long)
@@ -74,16 +78,25 @@ def lm_setup(steps: int) -> dict:
 
     def sample(n: int, gen: torch.Generator) -> torch.Tensor:
         starts = torch.randint(0, len(train) - SEQ, (n,), generator=gen)
-        return torch.stack([train[s:s + SEQ] for s in starts.tolist()])
+        return torch.stack([train[s : s + SEQ] for s in starts.tolist()])
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=192, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      attn_implementation="eager")
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation="eager",
+    )
     model = LlamaForCausalLM(cfg)
     assert model.config._attn_implementation == "eager"
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * (1 - 0.9 * s / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * (1 - 0.9 * s / steps)
+    )
     gen = torch.Generator().manual_seed(0)
     model.train()
     t0 = time.perf_counter()
@@ -98,21 +111,35 @@ def lm_setup(steps: int) -> dict:
     train_s = time.perf_counter() - t0
     model.eval()
 
-    starts = torch.linspace(0, len(held) - SEQ - 1, 32).long().tolist()  # 32 evenly spaced held-out windows
-    held_x = torch.stack([held[s:s + SEQ] for s in starts])
+    starts = (
+        torch.linspace(0, len(held) - SEQ - 1, 32).long().tolist()
+    )  # 32 evenly spaced held-out windows
+    held_x = torch.stack([held[s : s + SEQ] for s in starts])
 
     @torch.no_grad()
     def perplexity(m: nn.Module) -> float:
         m.eval()
         logits = m(input_ids=held_x, use_cache=False).logits
-        return math.exp(F.cross_entropy(logits[:, :-1].flatten(0, 1), held_x[:, 1:].flatten()).item())
+        return math.exp(
+            F.cross_entropy(logits[:, :-1].flatten(0, 1), held_x[:, 1:].flatten()).item()
+        )
 
     cgen = torch.Generator().manual_seed(1)
     calib = [{"input_ids": sample(4, cgen)} for _ in range(8)]
-    info = f"{sum(p.numel() for p in model.parameters()):,} params; {steps} AdamW steps (batch 16 × {SEQ}) " \
-           f"on {len(train):,} training bytes; held-out: 32 × {SEQ} of {len(held):,} bytes"
-    return dict(name="Byte-level Llama on the Python docs", model=model, calib=calib, quality=perplexity,
-                qname="held-out ppl", qfmt="{:.3f}", train_s=train_s, info=info)
+    info = (
+        f"{sum(p.numel() for p in model.parameters()):,} params; {steps} AdamW steps (batch 16 × {SEQ}) "
+        f"on {len(train):,} training bytes; held-out: 32 × {SEQ} of {len(held):,} bytes"
+    )
+    return dict(
+        name="Byte-level Llama on the Python docs",
+        model=model,
+        calib=calib,
+        quality=perplexity,
+        qname="held-out ppl",
+        qfmt="{:.3f}",
+        train_s=train_s,
+        info=info,
+    )
 
 
 # -- ResNet on digits -------------------------------------------------------------------------------------
@@ -130,7 +157,9 @@ class BasicBlock(nn.Module):
 class DigitsResNet(nn.Module):
     def __init__(self, ch: int = 16, blocks: int = 4, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()
+        )
         self.blocks = nn.Sequential(*[BasicBlock(ch) for _ in range(blocks)])
         self.fc = nn.Linear(ch, classes)
 
@@ -170,10 +199,20 @@ def cnn_setup(epochs: int) -> dict:
 
     cidx = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(1))[:128].split(32)
     calib = [(Xtr[i], ytr[i]) for i in cidx]
-    info = f"{sum(p.numel() for p in model.parameters()):,} params; {epochs} epochs of Adam (batch 64) on " \
-           f"{len(ytr)} images; test: {len(yte)} images"
-    return dict(name="ResNet (4 BasicBlocks) on sklearn digits", model=model, calib=calib, quality=accuracy,
-                qname="test acc", qfmt="{:.4f}", train_s=train_s, info=info)
+    info = (
+        f"{sum(p.numel() for p in model.parameters()):,} params; {epochs} epochs of Adam (batch 64) on "
+        f"{len(ytr)} images; test: {len(yte)} images"
+    )
+    return dict(
+        name="ResNet (4 BasicBlocks) on sklearn digits",
+        model=model,
+        calib=calib,
+        quality=accuracy,
+        qname="test acc",
+        qfmt="{:.4f}",
+        train_s=train_s,
+        info=info,
+    )
 
 
 # -- the benchmark ----------------------------------------------------------------------------------------
@@ -187,9 +226,18 @@ def plan_rows(setup: dict, report: Report, ks: tuple[int, ...]) -> list[list]:
             plan = report.plan(Budget(count=k), criterion=crit, strategy=strategy)
             p = report.plans[-1]
             q = quality(flowprune.apply(model, plan))
-            rows.append([crit if strategy == "one_shot" else f"({p['criterion']})", strategy, k,
-                         100.0 * plan.params_removed / plan.params_before, p["predicted"], p["measured"], q,
-                         ", ".join(short(i) for i in p["removals"])])
+            rows.append(
+                [
+                    crit if strategy == "one_shot" else f"({p['criterion']})",
+                    strategy,
+                    k,
+                    100.0 * plan.params_removed / plan.params_before,
+                    p["predicted"],
+                    p["measured"],
+                    q,
+                    ", ".join(short(i) for i in p["removals"]),
+                ]
+            )
     return rows
 
 
@@ -197,33 +245,66 @@ def run(setup: dict, blocks: list[tuple[str, str | None, tuple[int, ...]]]) -> s
     model = setup["model"]
     setup["base_quality"] = setup["quality"](model)
     t0 = time.perf_counter()
-    report = flowprune.analyze(model, setup["calib"], loss="distill", criteria=CRITERIA, progress=False)
+    report = flowprune.analyze(
+        model, setup["calib"], loss="distill", criteria=CRITERIA, progress=False
+    )
     analyze_s = time.perf_counter() - t0
     kinds = {}
     for r in report.candidates:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
-    out = [f"## {setup['name']}", "",
-           f"{setup['info']}.  Trained in {setup['train_s']:.1f} s; {setup['qname']} "
-           + setup["qfmt"].format(setup["base_quality"]) + ".", "",
-           f"Candidates: {', '.join(f'{n} {k}' for k, n in kinds.items())}; calibration: "
-           f"{report.data['num_samples']} samples, base distill loss {report.base_loss:.3g} (0 by construction).  "
-           f"analyze: {analyze_s:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in report.data["timings"].items())
-           + ").", ""]
+    out = [
+        f"## {setup['name']}",
+        "",
+        f"{setup['info']}.  Trained in {setup['train_s']:.1f} s; {setup['qname']} "
+        + setup["qfmt"].format(setup["base_quality"])
+        + ".",
+        "",
+        f"Candidates: {', '.join(f'{n} {k}' for k, n in kinds.items())}; calibration: "
+        f"{report.data['num_samples']} samples, base distill loss {report.base_loss:.3g} (0 by construction).  "
+        f"analyze: {analyze_s:.1f} s ("
+        + ", ".join(f"{k} {v:.1f} s" for k, v in report.data["timings"].items())
+        + ").",
+        "",
+    ]
     if report.data.get("dropped"):
         out += [f"Candidates dropped by the gate self-check: {report.data['dropped']}", ""]
     fid = sorted(report.fidelity.items(), key=lambda kv: -kv[1]["spearman"])
-    out += ["### Table 1: agreement with the exact ΔL of removing each candidate alone", "",
-            table(["criterion", "Spearman", "Kendall"], [[c, v["spearman"], v["kendall"]] for c, v in fid]), ""]
+    out += [
+        "### Table 1: agreement with the exact ΔL of removing each candidate alone",
+        "",
+        table(
+            ["criterion", "Spearman", "Kendall"], [[c, v["spearman"], v["kendall"]] for c, v in fid]
+        ),
+        "",
+    ]
     for title, kind, ks in blocks:
         sub = report if kind is None else restrict(report, kind)
         n = len(sub.candidates)
         out += [f"### Table 2 ({title}, {n} candidates): quality after removing k", ""]
         if kind is not None:
             fid = sorted(sub.fidelity.items(), key=lambda kv: -kv[1]["spearman"])
-            out += ["Agreement within this block (Spearman): "
-                    + ", ".join(f"{c} {v['spearman']:.2f}" for c, v in fid) + ".", ""]
-        out += [table(["criterion", "strategy", "k", "params removed %", "predicted ΔL", "measured ΔL",
-                       setup["qname"], "removed"], plan_rows(setup, sub, ks)), ""]
+            out += [
+                "Agreement within this block (Spearman): "
+                + ", ".join(f"{c} {v['spearman']:.2f}" for c, v in fid)
+                + ".",
+                "",
+            ]
+        out += [
+            table(
+                [
+                    "criterion",
+                    "strategy",
+                    "k",
+                    "params removed %",
+                    "predicted ΔL",
+                    "measured ΔL",
+                    setup["qname"],
+                    "removed",
+                ],
+                plan_rows(setup, sub, ks),
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -247,12 +328,21 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    parts = ["# Criterion fidelity and pruning quality", "",
-             f"flowprune {flowprune.__version__}, torch {torch.__version__}, "
-             f"torch.set_num_threads({torch.get_num_threads()}).", ""]
+    parts = [
+        "# Criterion fidelity and pruning quality",
+        "",
+        f"flowprune {flowprune.__version__}, torch {torch.__version__}, "
+        f"torch.set_num_threads({torch.get_num_threads()}).",
+        "",
+    ]
     print("\n".join(parts), flush=True)
-    models = [(lambda: lm_setup(args.lm_steps), [("all candidates", None, (2, 4)), ("sublayers", "branch", (2, 4))]),
-              (lambda: cnn_setup(args.cnn_epochs), [("all candidates", None, (1, 2))])]
+    models = [
+        (
+            lambda: lm_setup(args.lm_steps),
+            [("all candidates", None, (2, 4)), ("sublayers", "branch", (2, 4))],
+        ),
+        (lambda: cnn_setup(args.cnn_epochs), [("all candidates", None, (1, 2))]),
+    ]
     for build, blocks in models:
         parts.append(run(build(), blocks))
         print(parts[-1], flush=True)

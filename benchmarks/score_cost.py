@@ -5,7 +5,8 @@
 Models: a 12-layer Llama from a random config (hidden 256, 4 batches of 4×128 tokens), a ResNet for
 32×32 images (8 basic blocks, 32 channels, 4 batches of 32), and the same Llama at hidden 512 (flow and
 ablation only), whose LM head is a smaller share of the compute, as in real LLMs.  "forward" is one
-plain ``model(batch)`` under no_grad over all batches; "fwd+bwd" adds a backward to the parameters.  Flow and ablation are
+plain ``model(batch)`` under no_grad over all batches; "fwd+bwd" adds a backward to the parameters.
+Flow and ablation are
 divided by forward, the Taylor stages by fwd+bwd.  Targets (issue 3): flow ≤ 1.3 forwards; replayed
 ablation ≤ 0.6 of naive.
 
@@ -24,13 +25,13 @@ import sys
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 from torch import nn
 
 import flowprune
 from flowprune.flow import information_flow
 from flowprune.graph.trace import call_model
 from flowprune.plan import write_atomic
-from timing import median_seconds
 from flowprune.score.ablation import ablate
 from flowprune.score.engine import Engine, replay_sources
 from flowprune.score.taylor import fisher, gradient_and_hessian
@@ -41,11 +42,20 @@ def llama(hidden: int = 256):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=12, num_attention_heads=8,
-                      num_key_value_heads=4, vocab_size=2048, max_position_embeddings=256,
-                      attn_implementation="eager")
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=2048,
+        max_position_embeddings=256,
+        attn_implementation="eager",
+    )
     gen = torch.Generator().manual_seed(0)
-    return LlamaForCausalLM(cfg).eval(), [{"input_ids": torch.randint(0, 2048, (4, 128), generator=gen)} for _ in range(4)]
+    return LlamaForCausalLM(cfg).eval(), [
+        {"input_ids": torch.randint(0, 2048, (4, 128), generator=gen)} for _ in range(4)
+    ]
 
 
 def llama512():
@@ -55,7 +65,9 @@ def llama512():
 class ResNet(nn.Module):
     def __init__(self, width: int = 32, blocks: int = 8):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.blocks = nn.Sequential(*[BasicBlock(width, width) for _ in range(blocks)])
         self.head = nn.Linear(width, 10)
 
@@ -78,7 +90,9 @@ def ideal_ratio(eng: Engine) -> float:
     cands = sorted(eng.candidates, key=lambda c: g.call(c.cid).start, reverse=True)
     total = g.total_flops
     flops = {rec.key: rec.flops for rec in g.calls}  # replay sources are call keys ("path#k")
-    kept = [total - sum(flops[k] for k in replay_sources(g, c) + _own(eng, c, cands[0])) for c in cands]
+    kept = [
+        total - sum(flops[k] for k in replay_sources(g, c) + _own(eng, c, cands[0])) for c in cands
+    ]
     return sum(kept) / (total * len(cands))
 
 
@@ -107,17 +121,23 @@ def measure(name: str, model: nn.Module, batches: list, taylor: bool = True) -> 
         t_naive = median_seconds(lambda: ablate(eng, replay=False, base_loss=base), 1, warmup=False)
         ideal = f"| {name} | {C} | replay / naive by FLOPs (ideal) | – | {ideal_ratio(eng):.3f} |"
         if not taylor:
-            return [f"| {name} | {C} | flow (one pass, all statistics) | {t_flow:.3f} | {t_flow / t_f:.2f} forwards |",
-                    f"| {name} | {C} | exact ablation, replay | {t_rep:.3f} | {t_rep / t_f:.1f} forwards = {t_rep / t_naive:.2f} × naive |",
-                    f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |", ideal,
-                    f"| {name} | {C} | (plain forward) | {t_f:.3f} | 1 |"]
+            return [
+                f"| {name} | {C} | flow (one pass, all statistics) | {t_flow:.3f} | {t_flow / t_f:.2f} forwards |",
+                f"| {name} | {C} | exact ablation, replay | {t_rep:.3f} | {t_rep / t_f:.1f} forwards = "
+                f"{t_rep / t_naive:.2f} × naive |",
+                f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |",
+                ideal,
+                f"| {name} | {C} | (plain forward) | {t_f:.3f} | 1 |",
+            ]
         t_g = median_seconds(lambda: gradient_and_hessian(eng, hessian="none"), 1, warmup=False)
         t_h = median_seconds(lambda: gradient_and_hessian(eng, hessian="full"), 1, warmup=False)
         t_fi = median_seconds(lambda: fisher(eng), 1, warmup=False)
     return [
         f"| {name} | {C} | flow (one pass, all statistics) | {t_flow:.3f} | {t_flow / t_f:.2f} forwards |",
-        f"| {name} | {C} | exact ablation, replay | {t_rep:.3f} | {t_rep / t_f:.1f} forwards = {t_rep / t_naive:.2f} × naive |",
-        f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |", ideal,
+        f"| {name} | {C} | exact ablation, replay | {t_rep:.3f} | {t_rep / t_f:.1f} forwards = "
+        f"{t_rep / t_naive:.2f} × naive |",
+        f"| {name} | {C} | exact ablation, naive | {t_naive:.3f} | {t_naive / t_f:.1f} forwards |",
+        ideal,
         f"| {name} | {C} | gate gradient (taylor1) | {t_g:.3f} | {t_g / t_fb:.2f} fwd+bwd |",
         f"| {name} | {C} | full gate Hessian (taylor2) | {t_h:.3f} | {t_h / t_fb:.1f} fwd+bwd |",
         f"| {name} | {C} | Fisher (per-sample gradients) | {t_fi:.3f} | {t_fi / t_fb:.1f} fwd+bwd |",
@@ -125,7 +145,7 @@ def measure(name: str, model: nn.Module, batches: list, taylor: bool = True) -> 
     ]
 
 
-FIXED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2 ** 31), "MALLOC_MMAP_THRESHOLD_": str(2 ** 31)}
+FIXED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**31), "MALLOC_MMAP_THRESHOLD_": str(2**31)}
 
 
 def main() -> None:
@@ -134,13 +154,20 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **FIXED_MALLOC})
     torch.set_num_threads(2)
     rows = ["| model | candidates | stage | seconds | relative cost |", "|---|---:|---|---:|---|"]
-    for name, make, taylor in (("llama 12x256", llama, True), ("resnet 8 blocks", resnet, True),
-                               ("llama 12x512", llama512, False)):
+    for name, make, taylor in (
+        ("llama 12x256", llama, True),
+        ("resnet 8 blocks", resnet, True),
+        ("llama 12x512", llama512, False),
+    ):
         new = measure(name, *make(), taylor=taylor)
         rows += new
         print("\n".join(new), flush=True)
     alloc = "glibc defaults" if system else "glibc trim/mmap thresholds fixed"
-    text = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {alloc}\n\n" + "\n".join(rows) + "\n"
+    text = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {alloc}\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
     name = "score_cost_system_malloc.md" if system else "score_cost.md"
     write_atomic(Path(__file__).parent / "results" / name, text)
     print("\n" + text)

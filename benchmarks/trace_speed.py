@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import torch
+from timing import median_seconds
 
 import flowprune
 from flowprune.graph.trace import call_model
 from flowprune.plan import write_atomic
-from timing import median_seconds
 from flowprune.zoo import ZOO, ZooEntry
 
 
@@ -28,13 +28,27 @@ def _larger() -> dict[str, ZooEntry]:
     def llama(layers: int, hidden: int, seq: int):
         def build():
             torch.manual_seed(0)
-            cfg = LlamaConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                              num_attention_heads=8, num_key_value_heads=4, vocab_size=4096)
+            cfg = LlamaConfig(
+                hidden_size=hidden,
+                intermediate_size=4 * hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+                vocab_size=4096,
+            )
             return LlamaForCausalLM(cfg).eval()
 
-        return ZooEntry(f"llama-{layers}x{hidden}", build,
-                        lambda: {"input_ids": torch.randint(0, 4096, (1, seq), generator=torch.Generator().manual_seed(0)),
-                                 "use_cache": False}, "llm")
+        return ZooEntry(
+            f"llama-{layers}x{hidden}",
+            build,
+            lambda: {
+                "input_ids": torch.randint(
+                    0, 4096, (1, seq), generator=torch.Generator().manual_seed(0)
+                ),
+                "use_cache": False,
+            },
+            "llm",
+        )
 
     return {e.name: e for e in (llama(12, 256, 128), llama(12, 512, 256))}
 
@@ -42,10 +56,14 @@ def _larger() -> dict[str, ZooEntry]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "trace_speed.md")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "trace_speed.md"
+    )
     args = ap.parse_args()
-    rows = ["| model | params | vertices | candidates | forward ms | trace ms | trace / forward | candidates ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| model | params | vertices | candidates | forward ms | trace ms | trace / forward | candidates ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, e in {**ZOO, **_larger()}.items():
         model, x = e.build(), e.inputs()
         with torch.no_grad():
@@ -56,8 +74,10 @@ def main() -> None:
         t0 = time.perf_counter()
         n = len(g.candidates())
         cand = time.perf_counter() - t0
-        rows.append(f"| {name} | {sum(p.numel() for p in model.parameters()):,} | {g.nx.number_of_nodes()} | {n} | "
-                    f"{fwd * 1e3:.2f} | {tr * 1e3:.1f} | {tr / fwd:.1f}x | {cand * 1e3:.1f} |")
+        rows.append(
+            f"| {name} | {sum(p.numel() for p in model.parameters()):,} | {g.nx.number_of_nodes()} | {n} | "
+            f"{fwd * 1e3:.2f} | {tr * 1e3:.1f} | {tr / fwd:.1f}x | {cand * 1e3:.1f} |"
+        )
         print(rows[-1], flush=True)
     table = "\n".join(rows)
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n\n"

@@ -71,7 +71,11 @@ def encode(obj: Any, primary: torch.Tensor | None, identity_index: int | None = 
             counter[0] += 1
             if k == identity_index:
                 return {"t": "input"}
-            return {"t": "tensor", "shape": _shape_rule(x, primary), "dtype": str(x.dtype).replace("torch.", "")}
+            return {
+                "t": "tensor",
+                "shape": _shape_rule(x, primary),
+                "dtype": str(x.dtype).replace("torch.", ""),
+            }
         if x is None:
             return {"t": "none"}
         if isinstance(x, (bool, int, float, str)):
@@ -96,9 +100,15 @@ def decode(spec: dict, primary: torch.Tensor | None, anchor: torch.Tensor) -> An
                 raise RuntimeError("identity stub called without a tensor input")
             return primary
         if t == "tensor":
-            if primary is not None and primary.is_nested:  # nn.TransformerEncoder's padding-mask path
-                if len(s["shape"]) != primary.dim() or any(not isinstance(d, str) for d in s["shape"][:-1]):
-                    raise RuntimeError("a removed module got a nested tensor and had another output shape")
+            if (
+                primary is not None and primary.is_nested
+            ):  # nn.TransformerEncoder's padding-mask path
+                if len(s["shape"]) != primary.dim() or any(
+                    not isinstance(d, str) for d in s["shape"][:-1]
+                ):
+                    raise RuntimeError(
+                        "a removed module got a nested tensor and had another output shape"
+                    )
                 return torch.zeros_like(primary)
             shape = [primary.shape[int(d[3:])] if isinstance(d, str) else d for d in s["shape"]]
             dtype = getattr(torch, s["dtype"])

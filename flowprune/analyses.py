@@ -18,8 +18,8 @@ keeps the interactions), then the Hutchinson diagonal (no interactions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -73,7 +73,9 @@ def _taylor_columns(eng: "Engine", name: str, g: torch.Tensor, H: torch.Tensor |
     for k, c in enumerate(eng.candidates):
         cols[c.id] = {"taylor1": float(-g[k])}
         if H is not None:
-            cols[c.id][name] = float(-g[k] + 0.5 * H[k, k])  # −g_c + ½H_cc: the removal's prediction
+            cols[c.id][name] = float(
+                -g[k] + 0.5 * H[k, k]
+            )  # −g_c + ½H_cc: the removal's prediction
     return Result(cols, g, H)
 
 
@@ -116,36 +118,76 @@ def run_baselines(eng: "Engine", ctx: Context) -> Result:
     return Result({c.id: {"magnitude": mag[c.id], "random": rnd[c.id]} for c in eng.candidates})
 
 
-ANALYSES: dict[str, Analysis] = {a.name: a for a in (
-    Analysis("flow", run_flow, "one forward with streaming statistics", {
-        "flow": "share of the output's energy that flows through it (propagated along the DAG)",
-        "energy": "‖z‖²/‖y‖² at its merge",
-        "proximity": "max(0, ‖y‖₁ − ‖y − z‖₁), normalised over the merge's inputs",
-        "llmdrop": "LLM-Drop 1 − cos(x, x + f(x))",
-        "angular": "arccos(cos(x, x + f(x)))/π",
-        "shortgpt": "ShortGPT block influence 1 − cos(in, out) of the enclosing layer"}),
-    Analysis("loss", run_loss, "exact ablation with replay: C suffix passes", {
-        "loss": "exact ΔL of removing the candidate alone (calibration loss)",
-        "kl": "exact KL(original ‖ ablated) per token/sample",
-        "spvr": "SPvR: flipped argmax + |Δp| of the originally predicted class, summed over samples"}),
-    Analysis("taylor1", _run_taylor("none", "taylor1"), "gate gradient: one backward",
-             {"taylor1": "first-order Taylor prediction −g"}),
-    Analysis("taylor2", _run_taylor("full", "taylor2"), "exact gate Hessian: C HVPs", {
-        "taylor1": "first-order Taylor prediction −g",
-        "taylor2": "second-order prediction −g + ½H_cc (exact gate Hessian)"}),
-    Analysis("taylor2_diag", _run_taylor("diag", "taylor2_diag"), "Hutchinson diag(H): min(16, C) HVPs", {
-        "taylor1": "first-order Taylor prediction −g",
-        "taylor2_diag": "second-order prediction with a Hutchinson estimate of diag(H)"}),
-    Analysis("fisher", run_fisher, "Fisher matrix from per-sample gradients",
-             {"fisher": "second-order prediction −g + ½F_cc (Fisher)"}),
-)}
+ANALYSES: dict[str, Analysis] = {
+    a.name: a
+    for a in (
+        Analysis(
+            "flow",
+            run_flow,
+            "one forward with streaming statistics",
+            {
+                "flow": "share of the output's energy that flows through it (propagated along the DAG)",
+                "energy": "‖z‖²/‖y‖² at its merge",
+                "proximity": "max(0, ‖y‖₁ − ‖y − z‖₁), normalised over the merge's inputs",
+                "llmdrop": "LLM-Drop 1 − cos(x, x + f(x))",
+                "angular": "arccos(cos(x, x + f(x)))/π",
+                "shortgpt": "ShortGPT block influence 1 − cos(in, out) of the enclosing layer",
+            },
+        ),
+        Analysis(
+            "loss",
+            run_loss,
+            "exact ablation with replay: C suffix passes",
+            {
+                "loss": "exact ΔL of removing the candidate alone (calibration loss)",
+                "kl": "exact KL(original ‖ ablated) per token/sample",
+                "spvr": "SPvR: flipped argmax + |Δp| of the originally predicted class, summed over samples",
+            },
+        ),
+        Analysis(
+            "taylor1",
+            _run_taylor("none", "taylor1"),
+            "gate gradient: one backward",
+            {"taylor1": "first-order Taylor prediction −g"},
+        ),
+        Analysis(
+            "taylor2",
+            _run_taylor("full", "taylor2"),
+            "exact gate Hessian: C HVPs",
+            {
+                "taylor1": "first-order Taylor prediction −g",
+                "taylor2": "second-order prediction −g + ½H_cc (exact gate Hessian)",
+            },
+        ),
+        Analysis(
+            "taylor2_diag",
+            _run_taylor("diag", "taylor2_diag"),
+            "Hutchinson diag(H): min(16, C) HVPs",
+            {
+                "taylor1": "first-order Taylor prediction −g",
+                "taylor2_diag": "second-order prediction with a Hutchinson estimate of diag(H)",
+            },
+        ),
+        Analysis(
+            "fisher",
+            run_fisher,
+            "Fisher matrix from per-sample gradients",
+            {"fisher": "second-order prediction −g + ½F_cc (Fisher)"},
+        ),
+    )
+}
 # free, always computed (not an ``analyze(criteria=...)`` choice)
-BASELINES = Analysis("baselines", run_baselines, "weights and a seed", {
-    "magnitude": "RMS of the weights the removal deletes", "random": "uniform random (seeded)"})
+BASELINES = Analysis(
+    "baselines",
+    run_baselines,
+    "weights and a seed",
+    {"magnitude": "RMS of the weights the removal deletes", "random": "uniform random (seeded)"},
+)
 # the order analyses run in (flow's pass also records the references the others compare against)
 ORDER = ("flow", "loss", "taylor2", "taylor2_diag", "taylor1", "fisher")
 # which computed matrix the quadratic strategy and report.predict use, best first
 MATRIX_PREFERENCE = ("taylor2", "fisher", "taylor2_diag")
+
 
 class _Columns(Mapping):
     """Every criterion, derived from ``ANALYSES`` on each look-up (so one added analysis is enough)."""

@@ -9,7 +9,16 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from .analyses import ANALYSES, BASELINES, CRITERIA, MATRIX_PREFERENCE, ORDER, Context, Result, needed_for
+from .analyses import (
+    ANALYSES,
+    BASELINES,
+    CRITERIA,
+    MATRIX_PREFERENCE,
+    ORDER,
+    Context,
+    Result,
+    needed_for,
+)
 from .data import as_batches, split_batch
 from .errors import InputError
 from .graph import trace
@@ -19,8 +28,16 @@ from .report import Report, ReportData, agreement
 from .report.graphdata import graph_data
 from .score.engine import Engine
 from .score.losses import LossSpec, resolve
-from .solve import (DEFAULT_STRATEGY, FILLS, KINDS, STRATEGIES, Budget, check_budget, check_choice,
-                    check_strategy)
+from .solve import (
+    DEFAULT_STRATEGY,
+    FILLS,
+    KINDS,
+    STRATEGIES,
+    Budget,
+    check_budget,
+    check_choice,
+    check_strategy,
+)
 
 
 def _criteria(criteria: Sequence[str] | str) -> tuple[str, ...]:
@@ -42,10 +59,18 @@ def criteria_for(criterion: str, strategy: str, extra: Sequence[str] = ()) -> tu
     return tuple(dict.fromkeys(needs)) or ("flow",)
 
 
-def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
-            criteria: Sequence[str] = ("flow", "loss", "taylor2"), example_inputs: Any = None,
-            num_samples: int | None = None, progress: bool = True, seed: int = 0,
-            _check: Callable[[Any, list], None] | None = None) -> Report:
+def analyze(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss: LossSpec = "distill",
+    criteria: Sequence[str] = ("flow", "loss", "taylor2"),
+    example_inputs: Any = None,
+    num_samples: int | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    _check: Callable[[Any, list], None] | None = None,
+) -> Report:
     """Score every removal candidate of ``model`` on the calibration ``data``.
 
     ``data``: an iterable of batches (tensors, ``(inputs, labels)`` tuples or dicts), a DataLoader or a
@@ -76,22 +101,41 @@ def analyze(model: nn.Module, data: Any, *, loss: LossSpec = "distill",
             _check(graph, eng.candidates)
         results = _run_analyses(eng, criteria, ctx, timings)
     results["baselines"] = BASELINES.run(eng, ctx)
-    matrix = next((a for a in MATRIX_PREFERENCE if a in results), None)  # documented preference order
-    g = results[matrix].g if matrix else next((r.g for r in results.values() if r.g is not None), None)
+    matrix = next(
+        (a for a in MATRIX_PREFERENCE if a in results), None
+    )  # documented preference order
+    g = (
+        results[matrix].g
+        if matrix
+        else next((r.g for r in results.values() if r.g is not None), None)
+    )
     H = results[matrix].H if matrix else None
     names, rows = _rows(eng.candidates, results)
-    data = ReportData(model_class=type(model).__name__, fingerprint=graph.fingerprint,
-                      loss=loss if isinstance(loss, str) else "callable", base_loss=ctx.base_loss,
-                      num_samples=sum(eng.sizes), total_params=graph.total_params, total_flops=graph.total_flops,
-                      criteria=names, rank_by="loss" if "loss" in names else (names[0] if names else None),
-                      candidates=rows, fidelity=agreement(rows, names),
-                      g=None if g is None else g.tolist(), H=None if H is None else H.tolist(),
-                      hessian_kind=matrix, dropped=dict(eng.gates.failed), timings=timings,
-                      graph=graph_data(graph, eng.candidates, ctx.graph_flow))
+    data = ReportData(
+        model_class=type(model).__name__,
+        fingerprint=graph.fingerprint,
+        loss=loss if isinstance(loss, str) else "callable",
+        base_loss=ctx.base_loss,
+        num_samples=sum(eng.sizes),
+        total_params=graph.total_params,
+        total_flops=graph.total_flops,
+        criteria=names,
+        rank_by="loss" if "loss" in names else (names[0] if names else None),
+        candidates=rows,
+        fidelity=agreement(rows, names),
+        g=None if g is None else g.tolist(),
+        H=None if H is None else H.tolist(),
+        hessian_kind=matrix,
+        dropped=dict(eng.gates.failed),
+        timings=timings,
+        graph=graph_data(graph, eng.candidates, ctx.graph_flow),
+    )
     return Report(data, Planner(eng, data))
 
 
-def _run_analyses(eng: Engine, criteria: Sequence[str], ctx: Context, timings: dict) -> dict[str, Result]:
+def _run_analyses(
+    eng: Engine, criteria: Sequence[str], ctx: Context, timings: dict
+) -> dict[str, Result]:
     """Run the requested analyses in the registry's order (added ones last), timing each.  Flow goes
     first: its pass also records the reference outputs; then the outputs and base loss are checked."""
 
@@ -120,19 +164,41 @@ def _rows(cands: list, results: dict[str, Result]) -> tuple[list[str], list[dict
         for cand_id, v in res.columns.items():
             cols[cand_id].update(v)
     names = [n for n in CRITERIA if cands and n in cols[cands[0].id]]
-    names = [n for n in names if not all(math.isnan(cols[c.id][n]) for c in cands)]  # e.g. kl without logits
+    names = [
+        n for n in names if not all(math.isnan(cols[c.id][n]) for c in cands)
+    ]  # e.g. kl without logits
     primary = "loss" if "loss" in names else (names[0] if names else None)
     order = sorted(cands, key=lambda c: cols[c.id][primary]) if primary else cands
     rank = {c.id: i + 1 for i, c in enumerate(order)}
-    rows = [{"id": c.id, "kind": c.kind, "path": c.path, "params": c.params, "flops": c.flops,
-             **{n: cols[c.id].get(n) for n in names}, "rank": rank[c.id]} for c in cands]
+    rows = [
+        {
+            "id": c.id,
+            "kind": c.kind,
+            "path": c.path,
+            "params": c.params,
+            "flops": c.flops,
+            **{n: cols[c.id].get(n) for n in names},
+            "rank": rank[c.id],
+        }
+        for c in cands
+    ]
     return names, rows
 
 
-def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, criterion: str = "loss",
-          strategy: str = DEFAULT_STRATEGY, loss: LossSpec = "distill", fill: str = "zeros", kind: str = "all",
-          criteria: Sequence[str] = (), num_samples: int | None = None,
-          progress: bool = True) -> tuple[nn.Module, Report]:
+def prune(
+    model: nn.Module,
+    data: Any,
+    budget: Budget | float | int | dict,
+    *,
+    criterion: str = "loss",
+    strategy: str = DEFAULT_STRATEGY,
+    loss: LossSpec = "distill",
+    fill: str = "zeros",
+    kind: str = "all",
+    criteria: Sequence[str] = (),
+    num_samples: int | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, Report]:
     """Analyze, plan under ``budget`` and rewrite: returns (pruned copy of ``model``, report).
     ``fill``: what replaces removed branches ("zeros", "mean", "linear": fitted on ``data``); ``kind``:
     "all", "branch" (sublayers only) or "layer"; ``criteria``: more analyses for the report beyond what
@@ -146,18 +212,29 @@ def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, c
     budget = Budget.parse(budget)
     check_choice("fill", fill, FILLS)
     check_choice("kind", kind, KINDS)
-    check_strategy(strategy, criterion, tuple(CRITERIA), criterion if criterion in MATRIX_PREFERENCE else None)
+    check_strategy(
+        strategy, criterion, tuple(CRITERIA), criterion if criterion in MATRIX_PREFERENCE else None
+    )
     extra = _criteria(criteria)
 
     def check(graph, cands) -> None:
         kept = [c for c in cands if kind == "all" or c.kind == kind]
         if cands and not kept:
-            raise InputError(f"{type(model).__name__} has no {kind!r} candidates (it has "
-                             f"{sorted({c.kind for c in cands})}): pass kind='all'")
+            raise InputError(
+                f"{type(model).__name__} has no {kind!r} candidates (it has "
+                f"{sorted({c.kind for c in cands})}): pass kind='all'"
+            )
         check_budget(graph, kept, budget, fill)
 
-    report = analyze(model, data, loss=loss, criteria=criteria_for(criterion, strategy, extra),
-                     num_samples=num_samples, progress=progress, _check=check)
+    report = analyze(
+        model,
+        data,
+        loss=loss,
+        criteria=criteria_for(criterion, strategy, extra),
+        num_samples=num_samples,
+        progress=progress,
+        _check=check,
+    )
     if kind != "all":
         report.restrict(kind)
     plan = report.plan(budget, criterion=criterion, strategy=strategy, fill=fill)
@@ -165,4 +242,3 @@ def prune(model: nn.Module, data: Any, budget: Budget | float | int | dict, *, c
     report.plans[-1].measured_rewritten = report.planner.measure_model(pruned)
     report.record_latency(pruned)
     return pruned, report
-

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .analyses import ANALYSES, CRITERIA, MATRIX_PREFERENCE
+from .analyses import CRITERIA, MATRIX_PREFERENCE
 from .errors import FlowpruneError, InputError
 from .saving import META
 from .solve import DEFAULT_STRATEGY, FILLS, KINDS, STRATEGIES
-
 
 
 def default_model() -> Path:
@@ -44,20 +43,48 @@ def default_model() -> Path:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="a directory written by save_pretrained, a Hugging Face hub id, or zoo:NAME "
-                        "(default: the shipped tiny LM)")
-    p.add_argument("--data", default="python-docs",
-                   help="python-docs (CPython's documentation, offline), wikitext2 (needs the hub), or "
-                        "text:PATH (a UTF-8 file); default python-docs")
-    p.add_argument("--loss", default="distill", choices=("distill", "lm"), help="calibration loss (default distill)")
-    p.add_argument("--num-samples", type=_positive, default=32, help="calibration sequences (default 32)")
-    p.add_argument("--seq-len", type=_positive, default=128, help="tokens per sequence (default 128)")
-    p.add_argument("--out", type=Path, default=Path("flowprune-out"), help="output directory (default flowprune-out)")
-    p.add_argument("--criteria", default="flow,loss,taylor2",
-                   help="analyses computed for the report (default flow,loss,taylor2)")
-    p.add_argument("--curves", type=_count, default=6, metavar="K",
-                   help="measure loss against 1..K removals per strategy for the report (default 6; 0: none)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a directory written by save_pretrained, a Hugging Face hub id, or zoo:NAME "
+        "(default: the shipped tiny LM)",
+    )
+    p.add_argument(
+        "--data",
+        default="python-docs",
+        help="python-docs (CPython's documentation, offline), wikitext2 (needs the hub), or "
+        "text:PATH (a UTF-8 file); default python-docs",
+    )
+    p.add_argument(
+        "--loss",
+        default="distill",
+        choices=("distill", "lm"),
+        help="calibration loss (default distill)",
+    )
+    p.add_argument(
+        "--num-samples", type=_positive, default=32, help="calibration sequences (default 32)"
+    )
+    p.add_argument(
+        "--seq-len", type=_positive, default=128, help="tokens per sequence (default 128)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("flowprune-out"),
+        help="output directory (default flowprune-out)",
+    )
+    p.add_argument(
+        "--criteria",
+        default="flow,loss,taylor2",
+        help="analyses computed for the report (default flow,loss,taylor2)",
+    )
+    p.add_argument(
+        "--curves",
+        type=_count,
+        default=6,
+        metavar="K",
+        help="measure loss against 1..K removals per strategy for the report (default 6; 0: none)",
+    )
     _json(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -88,7 +115,9 @@ def _finite(text: str) -> float:
 
 
 def _json(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    p.add_argument(
+        "--json", action="store_true", help="print machine-readable JSON instead of tables"
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,31 +129,68 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="flowprune", description="Trace, score and prune neural networks without fine-tuning.",
-                                epilog="Exit codes: 0 success, 2 bad input, 1 unexpected error.")
+    p = _Parser(
+        prog="flowprune",
+        description="Trace, score and prune neural networks without fine-tuning.",
+        epilog="Exit codes: 0 success, 2 bad input, 1 unexpected error.",
+    )
     p.add_argument("--version", action="version", version=f"flowprune {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("prune", help="score, plan, rewrite and save a smaller model")
     _common(pr)
-    pr.add_argument("--budget", type=_finite, default=0.25,
-                    help="how much to remove, in --unit (default 0.25 of the parameters)")
-    pr.add_argument("--unit", default="params", choices=("params", "flops", "count", "loss"),
-                    help="params/flops: fraction to remove; count: number of removals; loss: max loss increase")
-    pr.add_argument("--criterion", default="loss", choices=tuple(CRITERIA), help="ranking criterion (default loss)")
-    pr.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=tuple(STRATEGIES),
-                    help="; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values())
-                    + f" (default {DEFAULT_STRATEGY})")
-    pr.add_argument("--fill", default="zeros", choices=FILLS, help="what replaces a removed branch (default zeros)")
-    pr.add_argument("--kind", default="all", choices=KINDS,
-                    help="remove only sublayers (branch), only whole layers, or both (default all)")
-    an = sub.add_parser("analyze", help="score every candidate; write report.json, report.md and report.html")
+    pr.add_argument(
+        "--budget",
+        type=_finite,
+        default=0.25,
+        help="how much to remove, in --unit (default 0.25 of the parameters)",
+    )
+    pr.add_argument(
+        "--unit",
+        default="params",
+        choices=("params", "flops", "count", "loss"),
+        help="params/flops: fraction to remove; count: number of removals; loss: max loss increase",
+    )
+    pr.add_argument(
+        "--criterion",
+        default="loss",
+        choices=tuple(CRITERIA),
+        help="ranking criterion (default loss)",
+    )
+    pr.add_argument(
+        "--strategy",
+        default=DEFAULT_STRATEGY,
+        choices=tuple(STRATEGIES),
+        help="; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values())
+        + f" (default {DEFAULT_STRATEGY})",
+    )
+    pr.add_argument(
+        "--fill",
+        default="zeros",
+        choices=FILLS,
+        help="what replaces a removed branch (default zeros)",
+    )
+    pr.add_argument(
+        "--kind",
+        default="all",
+        choices=KINDS,
+        help="remove only sublayers (branch), only whole layers, or both (default all)",
+    )
+    an = sub.add_parser(
+        "analyze", help="score every candidate; write report.json, report.md and report.html"
+    )
     _common(an)
     rp = sub.add_parser("report", help="render a report.json as HTML and/or Markdown")
     rp.add_argument("report", type=Path, help="a report.json written by analyze or prune")
-    rp.add_argument("--html", type=Path, default=None, help="write the HTML report (figures embedded) here")
+    rp.add_argument(
+        "--html", type=Path, default=None, help="write the HTML report (figures embedded) here"
+    )
     rp.add_argument("--md", type=Path, default=None, help="write the Markdown report here")
-    rp.add_argument("--criterion", default=None, choices=tuple(CRITERIA),
-                    help="colour the flow graph by this criterion (default: the report's ranking)")
+    rp.add_argument(
+        "--criterion",
+        default=None,
+        choices=tuple(CRITERIA),
+        help="colour the flow graph by this criterion (default: the report's ranking)",
+    )
     _json(rp)
     zo = sub.add_parser("zoo", help="list the built-in example models (use as --model zoo:NAME)")
     _json(zo)
@@ -147,7 +213,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list, list | None, str]:
         e = ZOO[name]
         return e.build(), None, [e.inputs()], None, f"zoo:{name} ({e.note})"
     if args.data.startswith("text:") and not Path(args.data[5:]).is_file():
-        raise InputError(f"text file {args.data[5:]!r} does not exist: pass --data text:PATH with a UTF-8 file")
+        raise InputError(
+            f"text file {args.data[5:]!r} does not exist: pass --data text:PATH with a UTF-8 file"
+        )
     if args.data not in ("python-docs", "wikitext2") and not args.data.startswith("text:"):
         raise InputError(f"--data {args.data!r}: use python-docs, wikitext2 or text:PATH")
     src = args.model or str(default_model())
@@ -161,8 +229,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, list, list | None, str]:
     except FlowpruneError:
         raise
     except Exception as e:
-        raise InputError(f"could not load model {src!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                         f"offline, pass a local directory or omit --model for the shipped tiny LM") from e
+        raise InputError(
+            f"could not load model {src!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            f"offline, pass a local directory or omit --model for the shipped tiny LM"
+        ) from e
     kw = dict(seq_len=args.seq_len, num_samples=args.num_samples)
     if args.data == "python-docs":
         calib, held = fdata.python_docs(tok, "train", **kw), fdata.python_docs(tok, "test", **kw)
@@ -197,7 +267,11 @@ def is_causal_lm(model: Any) -> bool:
     ``--loss lm`` apply); decided from its class before any work."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    names = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ((v,) if isinstance(v, str) else v)}
+    names = {
+        n
+        for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+        for n in ((v,) if isinstance(v, str) else v)
+    }
     return type(model).__name__ in names
 
 
@@ -213,12 +287,21 @@ def _check_request(args: argparse.Namespace) -> None:
         return
     model_dir = args.out / "model"
     if model_dir.exists() and not (model_dir / META).is_file():
-        raise InputError(f"{model_dir} exists and was not written by flowprune: pass another --out, or move it")
+        raise InputError(
+            f"{model_dir} exists and was not written by flowprune: pass another --out, or move it"
+        )
     if args.unit == "count" and (args.budget < 1 or args.budget != int(args.budget)):
-        raise InputError(f"--unit count needs a whole number of removals, e.g. --budget 2 (got {args.budget})")
-    args.budget_obj = Budget(**{"params": {"params": args.budget}, "flops": {"flops": args.budget},
-                                "count": {"count": int(args.budget)},
-                                "loss": {"max_loss_increase": args.budget}}[args.unit])
+        raise InputError(
+            f"--unit count needs a whole number of removals, e.g. --budget 2 (got {args.budget})"
+        )
+    args.budget_obj = Budget(
+        **{
+            "params": {"params": args.budget},
+            "flops": {"flops": args.budget},
+            "count": {"count": int(args.budget)},
+            "loss": {"max_loss_increase": args.budget},
+        }[args.unit]
+    )
     matrix = args.criterion if args.criterion in MATRIX_PREFERENCE else None
     check_strategy(args.strategy, args.criterion, tuple(CRITERIA), matrix)
 
@@ -227,28 +310,47 @@ def _table(report, n: int = 40) -> str:
     crit = [c for c in ("loss", "taylor2", "flow", "shortgpt", "magnitude") if c in report.criteria]
     rows = sorted(report.candidates, key=lambda r: r["rank"])[:n]
     head = f"{'rank':>4}  {'candidate':<40} {'params':>9} " + " ".join(f"{c:>10}" for c in crit)
-    return "\n".join([head] + [f"{r['rank']:>4}  {r['id']:<40} {r['params']:>9,} "
-                               + " ".join(f"{r[c]:>10.4g}" for c in crit) for r in rows])
+    return "\n".join(
+        [head]
+        + [
+            f"{r['rank']:>4}  {r['id']:<40} {r['params']:>9,} "
+            + " ".join(f"{r[c]:>10.4g}" for c in crit)
+            for r in rows
+        ]
+    )
 
 
 def _prune(args: argparse.Namespace) -> int:
     from . import prune
     from .data import batch_size
-    from .score import perplexity, similarity
     from .plan import signed
     from .saving import save_pretrained
+    from .score import perplexity, similarity
 
     t0 = time.perf_counter()
     _check_request(args)
     model, tok, calib, held, src = _load(args)
     lm = _check_lm(model, args)
-    small, report = prune(model, calib, args.budget_obj, criterion=args.criterion, strategy=args.strategy,
-                          loss=args.loss, fill=args.fill, kind=args.kind, progress=not args.no_progress,
-                          criteria=[c.strip() for c in args.criteria.split(",") if c.strip()])
+    small, report = prune(
+        model,
+        calib,
+        args.budget_obj,
+        criterion=args.criterion,
+        strategy=args.strategy,
+        loss=args.loss,
+        fill=args.fill,
+        kind=args.kind,
+        progress=not args.no_progress,
+        criteria=[c.strip() for c in args.criteria.split(",") if c.strip()],
+    )
     plan = small.flowprune_plans[-1]
-    out: dict[str, Any] = {"model": src, "plan": json.loads(plan.to_json()), "last": report.to_dict()["plans"][-1],
-                           "params_before": sum(p.numel() for p in model.parameters()),
-                           "params_after": sum(p.numel() for p in small.parameters())}
+    out: dict[str, Any] = {
+        "model": src,
+        "plan": json.loads(plan.to_json()),
+        "last": report.to_dict()["plans"][-1],
+        "params_before": sum(p.numel() for p in model.parameters()),
+        "params_after": sum(p.numel() for p in small.parameters()),
+    }
     if held is not None and lm:
         out["heldout_ppl_before"] = perplexity(model, held)
         out["heldout_ppl_after"] = perplexity(small, held)
@@ -256,27 +358,39 @@ def _prune(args: argparse.Namespace) -> int:
         out["heldout_similarity"] = similarity(small, model, held)
     args.out.mkdir(parents=True, exist_ok=True)
     if hasattr(small, "save_pretrained"):
-        save_pretrained(small, args.out / "model", tokenizer=tok, overwrite=True)  # --out is ours to rewrite
+        save_pretrained(
+            small, args.out / "model", tokenizer=tok, overwrite=True
+        )  # --out is ours to rewrite
     plan.to_json(args.out / "plan.json")
     _write_reports(report, args)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"model: {src}\ncalibration: {args.data}, {sum(batch_size(b) for b in calib)}"
-          f" samples; loss {args.loss}\n\nCandidates, least important first (criterion columns: higher = keep):")
+    print(
+        f"model: {src}\ncalibration: {args.data}, {sum(batch_size(b) for b in calib)}"
+        f" samples; loss {args.loss}\n\nCandidates, least important first (criterion columns: higher = keep):"
+    )
     print(_table(report))
     print(f"\n{plan}")
     last = report.plans[-1]
-    print(f"\nparams {out['params_before']:,} -> {out['params_after']:,} "
-          f"({signed(out['params_before'] - out['params_after'], out['params_before'])}); calibration loss change: "
-          f"predicted {last['predicted'] if last['predicted'] is None else round(last['predicted'], 4)}, "
-          f"measured {last['measured']:.4f} (gated), {last['measured_rewritten']:.4f} (rewritten, fill={args.fill})")
+    print(
+        f"\nparams {out['params_before']:,} -> {out['params_after']:,} "
+        f"({signed(out['params_before'] - out['params_after'], out['params_before'])}); calibration loss change: "
+        f"predicted {last['predicted'] if last['predicted'] is None else round(last['predicted'], 4)}, "
+        f"measured {last['measured']:.4f} (gated), {last['measured_rewritten']:.4f} (rewritten, fill={args.fill})"
+    )
     if "heldout_ppl_after" in out:
-        print(f"held-out perplexity {out['heldout_ppl_before']:.3f} -> {out['heldout_ppl_after']:.3f}")
+        print(
+            f"held-out perplexity {out['heldout_ppl_before']:.3f} -> {out['heldout_ppl_after']:.3f}"
+        )
     elif "heldout_similarity" in out:
-        print(f"held-out similarity to the original (cosine of mean-pooled outputs): {out['heldout_similarity']:.4f}")
-    print(f"wrote {args.out}/model, plan.json, report.json, report.md, report.html in {out['seconds']} s")
+        print(
+            f"held-out similarity to the original (cosine of mean-pooled outputs): {out['heldout_similarity']:.4f}"
+        )
+    print(
+        f"wrote {args.out}/model, plan.json, report.json, report.md, report.html in {out['seconds']} s"
+    )
     return 0
 
 
@@ -296,8 +410,10 @@ def _analyze(args: argparse.Namespace) -> int:
     print(f"model: {src}\n")
     print(_table(report))
     if report.fidelity:
-        print("\nagreement with the exact loss change (Spearman): "
-              + ", ".join(f"{k} {v['spearman']:.2f}" for k, v in report.fidelity.items()))
+        print(
+            "\nagreement with the exact loss change (Spearman): "
+            + ", ".join(f"{k} {v['spearman']:.2f}" for k, v in report.fidelity.items())
+        )
     print(f"\nwrote {args.out}/report.json, report.md and report.html")
     return 0
 
@@ -309,8 +425,10 @@ def _check_lm(model: Any, args: argparse.Namespace) -> bool:
         return False
     lm = is_causal_lm(model)
     if not lm and args.loss == "lm":
-        raise InputError(f"--loss lm needs a causal LM, and {type(model).__name__} has no next-token logits: "
-                         f"use --loss distill (the default: stay close to the original model's outputs)")
+        raise InputError(
+            f"--loss lm needs a causal LM, and {type(model).__name__} has no next-token logits: "
+            f"use --loss distill (the default: stay close to the original model's outputs)"
+        )
     return lm
 
 
@@ -327,14 +445,20 @@ def _report(args: argparse.Namespace) -> int:
     from .report import Report
 
     if not args.report.is_file():
-        raise InputError(f"{args.report} does not exist: pass the report.json written by analyze or prune")
+        raise InputError(
+            f"{args.report} does not exist: pass the report.json written by analyze or prune"
+        )
     try:
         report = Report.from_json(args.report)
     except (ValueError, KeyError) as e:
-        raise InputError(f"{args.report} is not a flowprune report ({type(e).__name__}: {e}); "
-                         f"pass the report.json written by analyze or prune") from e
+        raise InputError(
+            f"{args.report} is not a flowprune report ({type(e).__name__}: {e}); "
+            f"pass the report.json written by analyze or prune"
+        ) from e
     if args.criterion is not None and args.criterion not in report.criteria:
-        raise InputError(f"--criterion {args.criterion}: this report has {', '.join(report.criteria)}")
+        raise InputError(
+            f"--criterion {args.criterion}: this report has {', '.join(report.criteria)}"
+        )
     written = {}
     if args.html:
         report.to_html(args.html, criterion=args.criterion)
@@ -343,7 +467,11 @@ def _report(args: argparse.Namespace) -> int:
         report.to_markdown(args.md)
         written["md"] = str(args.md)
     if args.json:
-        print(json.dumps({"report": str(args.report), "written": written, **report.to_dict()}, indent=1))
+        print(
+            json.dumps(
+                {"report": str(args.report), "written": written, **report.to_dict()}, indent=1
+            )
+        )
     elif written:
         print("\n".join(f"wrote {p}" for p in written.values()))
     else:
@@ -358,8 +486,15 @@ def main(argv: list[str] | None = None) -> int:
             from .zoo import ZOO
 
             if args.json:
-                print(json.dumps([{"model": f"zoo:{n}", "family": e.family, "note": e.note} for n, e in ZOO.items()],
-                                 indent=1))
+                print(
+                    json.dumps(
+                        [
+                            {"model": f"zoo:{n}", "family": e.family, "note": e.note}
+                            for n, e in ZOO.items()
+                        ],
+                        indent=1,
+                    )
+                )
             else:
                 for name, e in ZOO.items():
                     print(f"zoo:{name:<18} {e.family:<8} {e.note}")

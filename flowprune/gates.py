@@ -28,12 +28,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ._runtime import call_model, eval_mode
 from ._tree import first_tensor, replace_tensor_leaf, tensor_leaves
 from .errors import CandidateError
 from .graph import Candidate, FlowGraph
 from .graph.internal import internal, is_internal
 from .graph.tap import Tap
-from ._runtime import call_model, eval_mode
 
 
 class Gates:
@@ -43,17 +43,26 @@ class Gates:
     tensor of that shape (e.g. one that requires grad) to differentiate the loss with respect to it.
     """
 
-    def __init__(self, graph: FlowGraph, candidates: Sequence[Candidate] | None = None, check: bool = True,
-                 atol: float = 1e-5):
+    def __init__(
+        self,
+        graph: FlowGraph,
+        candidates: Sequence[Candidate] | None = None,
+        check: bool = True,
+        atol: float = 1e-5,
+    ):
         self.graph = graph
         self.model = graph.model
-        self.candidates: list[Candidate] = list(graph.candidates() if candidates is None else candidates)
+        self.candidates: list[Candidate] = list(
+            graph.candidates() if candidates is None else candidates
+        )
         self.check = check
         self.atol = atol
         self.failed: dict[str, str] = {}
         self._handles: dict[str, object] = {}
         self._counts: dict[nn.Module, int] = {}  # per-call gating: calls so far in this forward
-        self._open: dict[nn.Module, list[int]] = {}  # indices of the calls running now (re-entrance)
+        self._open: dict[
+            nn.Module, list[int]
+        ] = {}  # indices of the calls running now (re-entrance)
         self._inner: dict[int, dict[nn.Module, int]] = {}
         # layer gates: the block input as it was when the call started, per candidate (a stack: calls
         # may nest); a block may write into its input (x += f(x)), and x + α(f(x) − x) needs the original
@@ -94,14 +103,19 @@ class Gates:
 
     def _install_all(self) -> None:
         shared: dict[nn.Module, dict[int, Callable]] = {}
-        self._keep_at: dict[nn.Module, dict[int, int]] = {}  # per-call layer gates: call -> candidate
+        self._keep_at: dict[
+            nn.Module, dict[int, int]
+        ] = {}  # per-call layer gates: call -> candidate
         for i, c in enumerate(self.candidates):
             module = self._modules[c.path]
             if c.call is None:
-                self._handles[c.id] = module.register_forward_hook(self._hook(i, c), with_kwargs=True)
+                self._handles[c.id] = module.register_forward_hook(
+                    self._hook(i, c), with_kwargs=True
+                )
                 if c.kind == "layer":
-                    self._handles[f"@in:{c.id}"] = module.register_forward_pre_hook(self._keeper(i),
-                                                                                     with_kwargs=True)
+                    self._handles[f"@in:{c.id}"] = module.register_forward_pre_hook(
+                        self._keeper(i), with_kwargs=True
+                    )
             else:
                 shared.setdefault(module, {})[c.call] = self._hook(i, c)
                 if c.kind == "layer":
@@ -112,10 +126,16 @@ class Gates:
         self._inner = {}
         for m, fns in shared.items():
             n = len(self.graph.calls_of(paths[m]))
-            self._handles[f"@count:{paths[m]}"] = m.register_forward_pre_hook(self._counter(n), with_kwargs=True)
-            self._handles[f"@gate:{paths[m]}"] = m.register_forward_hook(self._dispatch(fns), with_kwargs=True)
+            self._handles[f"@count:{paths[m]}"] = m.register_forward_pre_hook(
+                self._counter(n), with_kwargs=True
+            )
+            self._handles[f"@gate:{paths[m]}"] = m.register_forward_hook(
+                self._dispatch(fns), with_kwargs=True
+            )
         if shared:
-            self._handles["@reset"] = self.model.register_forward_pre_hook(self._resetter(), prepend=True)
+            self._handles["@reset"] = self.model.register_forward_pre_hook(
+                self._resetter(), prepend=True
+            )
 
     def _counter(self, n: int) -> Callable:
         def count(module, args, kwargs):
@@ -176,8 +196,15 @@ class Gates:
                 # go to that merge (UperNet's list of pooled maps into one concat) and its stub zeros all
                 out = output
                 for k in range(len(tensor_leaves(output))):
-                    out = replace_tensor_leaf(out, k, lambda y: y * a.to(device=y.device, dtype=y.dtype)
-                                              if y.is_floating_point() or k == c.out_index else y)
+                    out = replace_tensor_leaf(
+                        out,
+                        k,
+                        lambda y: (
+                            y * a.to(device=y.device, dtype=y.dtype)
+                            if y.is_floating_point() or k == c.out_index
+                            else y
+                        ),
+                    )
                 return out
 
         def layer(module, args, kwargs, output):
@@ -187,12 +214,19 @@ class Gates:
                 a = self.alpha[i]
                 kept = self._saved.get(i)
                 x = kept.pop() if kept else first_tensor(args, kwargs)
-                out = replace_tensor_leaf(output, 0, lambda y: x + a.to(device=y.device, dtype=y.dtype) * (y - x))
+                out = replace_tensor_leaf(
+                    output, 0, lambda y: x + a.to(device=y.device, dtype=y.dtype) * (y - x)
+                )
                 # side outputs (T5's position bias handed to the next blocks) go to zero with α, as the
                 # identity stub that replaces a removed layer returns zeros for them
                 for k in range(1, len(tensor_leaves(out))):
-                    out = replace_tensor_leaf(out, k, lambda z: z * a.to(device=z.device, dtype=z.dtype)
-                                              if z.is_floating_point() else z)
+                    out = replace_tensor_leaf(
+                        out,
+                        k,
+                        lambda z: (
+                            z * a.to(device=z.device, dtype=z.dtype) if z.is_floating_point() else z
+                        ),
+                    )
                 return out
 
         fn = branch if c.kind == "branch" else layer
@@ -210,8 +244,11 @@ class Gates:
         self._saved.clear()  # inputs kept by a forward that raised before its gates ran
         # a gate at exactly 1 without gradient changes nothing: its hook returns early (one check per
         # assignment, not one device sync per hook call)
-        self._active = [True] * len(value) if value.requires_grad or value.dim() != 1 else \
-            (value.detach() != 1).tolist()
+        self._active = (
+            [True] * len(value)
+            if value.requires_grad or value.dim() != 1
+            else (value.detach() != 1).tolist()
+        )
 
     @property
     def index(self) -> dict[str, int]:
@@ -225,7 +262,10 @@ class Gates:
         alpha = self.alpha.detach().clone().to(self.device)
         for cand_id, v in values.items():
             if cand_id not in idx:
-                raise CandidateError(f"{cand_id!r} is not gated here" + (f": {self.failed[cand_id]}" if cand_id in self.failed else ""))
+                raise CandidateError(
+                    f"{cand_id!r} is not gated here"
+                    + (f": {self.failed[cand_id]}" if cand_id in self.failed else "")
+                )
             alpha[idx[cand_id]] = v
         self.alpha = alpha
 
@@ -248,15 +288,23 @@ class Gates:
         if self.graph.example_inputs is None or not self.candidates:
             return
         merges = {m.vid: m for m in self.graph.merges}
-        want_m = {(self.graph.call(merges[c.merge].cid).key, merges[c.merge].raw_index)
-                  for c in self.candidates if c.kind == "branch"}
+        want_m = {
+            (self.graph.call(merges[c.merge].cid).key, merges[c.merge].raw_index)
+            for c in self.candidates
+            if c.kind == "branch"
+        }
         want_c = {self.graph.call(c.cid).key for c in self.candidates if c.kind == "layer"}
         captured: dict = {}
-        tap = Tap(self.model, merges=want_m, calls=want_c,
-                  # copies: an in-place op after the merge (relu(x + f(x), inplace=True)) must not change them
-                  on_merge=lambda key, ops, res: captured.update({("ops", key): [o.clone() for o in ops],
-                                                                  ("res", key): res.clone()}),
-                  on_call=lambda key, x, y: captured.update({("in", key): x, ("out", key): y.clone()}))
+        tap = Tap(
+            self.model,
+            merges=want_m,
+            calls=want_c,
+            # copies: an in-place op after the merge (relu(x + f(x), inplace=True)) must not change them
+            on_merge=lambda key, ops, res: captured.update(
+                {("ops", key): [o.clone() for o in ops], ("res", key): res.clone()}
+            ),
+            on_call=lambda key, x, y: captured.update({("in", key): x, ("out", key): y.clone()}),
+        )
         saved = self.alpha
         self.alpha = torch.zeros(len(self.candidates), device=self.device)
         try:
@@ -302,6 +350,8 @@ class Gates:
         if not torch.allclose(ops[c.operand], torch.zeros_like(ops[c.operand]), **tol):
             return f"with alpha=0 its output does not reach {c.merge} as zeros (an op between them is not linear)"
         rest = [o for k, o in enumerate(ops) if k != c.operand]
-        if m.kind == "add" and not torch.allclose(res, sum(rest[1:], rest[0]).expand_as(res), **tol):
+        if m.kind == "add" and not torch.allclose(
+            res, sum(rest[1:], rest[0]).expand_as(res), **tol
+        ):
             return f"with alpha=0 {c.merge} does not equal the sum of its other inputs"
         return None

@@ -102,10 +102,13 @@ class Plan:
         cands = [graph.candidate(i) for i in dict.fromkeys(ids)]
         eff = graph.effect([c.id for c in cands], fill)
         if eff.fill_params and eff.params < 0:
-            warnings.warn(f"fill={fill!r} adds {eff.fill_params:,} parameters, more than the {len(cands)} removals "
-                          f"save: the plan grows the model by {-eff.params:,} parameters "
-                          f"({signed(eff.params, graph.total_params)}); use fill='mean' or fill='zeros'",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"fill={fill!r} adds {eff.fill_params:,} parameters, more than the {len(cands)} removals "
+                f"save: the plan grows the model by {-eff.params:,} parameters "
+                f"({signed(eff.params, graph.total_params)}); use fill='mean' or fill='zeros'",
+                UserWarning,
+                stacklevel=3,
+            )
         return cls(
             removals=tuple(Removal(c.id, c.kind, c.path, c.params, c.flops) for c in cands),
             replacements=eff.replacements,
@@ -152,8 +155,10 @@ class Plan:
         """A plan from its ``to_dict`` form (PlanError if it is not one)."""
         try:
             if d.get("schema", PLAN_SCHEMA) > PLAN_SCHEMA:
-                raise PlanError(f"plan schema {d['schema']} is newer than this flowprune ({__version__}) reads; "
-                                f"upgrade flowprune")
+                raise PlanError(
+                    f"plan schema {d['schema']} is newer than this flowprune ({__version__}) reads; "
+                    f"upgrade flowprune"
+                )
             d = dict(d)
             d["removals"] = tuple(Removal(**r) for r in d["removals"])
             d["replacements"] = tuple(Replacement(**r) for r in d["replacements"])
@@ -162,9 +167,11 @@ class Plan:
             raise PlanError(f"not a flowprune plan: {e}") from e
 
     def __str__(self) -> str:
-        lines = [f"Plan for {self.model_class} ({self.fingerprint}): {len(self.removals)} removals, "
-                 f"{signed(self.params_removed)} of {self.params_before:,} params, "
-                 f"{signed(self.flops_removed, self.flops_before)} FLOPs"]
+        lines = [
+            f"Plan for {self.model_class} ({self.fingerprint}): {len(self.removals)} removals, "
+            f"{signed(self.params_removed)} of {self.params_before:,} params, "
+            f"{signed(self.flops_removed, self.flops_before)} FLOPs"
+        ]
         lines += [f"  - {r.id}  ({r.params:,} params)" for r in self.removals]
         return "\n".join(lines)
 
@@ -177,7 +184,11 @@ def signed(removed: float, before: float | None = None, minus: str = "-") -> str
     ('-1,234', '+1,234', '-9.4%', '+9.4%')
     """
     sign = minus if removed >= 0 else "+"
-    return f"{sign}{abs(removed) / max(before, 1):.1%}" if before is not None else f"{sign}{abs(removed):,}"
+    return (
+        f"{sign}{abs(removed) / max(before, 1):.1%}"
+        if before is not None
+        else f"{sign}{abs(removed):,}"
+    )
 
 
 def dump_json(obj: dict, path: str | os.PathLike | None = None) -> str:

@@ -15,18 +15,27 @@ from typing import Any, Sequence
 
 import torch
 
+from ._runtime import call_model, eval_mode
 from .analyses import MATRIX_PREFERENCE
 from .data import as_batches
 from .errors import InputError
-from ._runtime import call_model, eval_mode
 from .latency import latency
 from .plan import Plan
 from .report.data import PlanRecord, ReportData
 from .rewrite import apply
 from .score.ablation import exact_rescore
 from .score.engine import Engine
-from .solve import (DEFAULT_STRATEGY, FILLS, STRATEGIES, Budget, Problem, check_budget, check_choice,
-                    check_strategy, predict)
+from .solve import (
+    DEFAULT_STRATEGY,
+    FILLS,
+    STRATEGIES,
+    Budget,
+    Problem,
+    check_budget,
+    check_choice,
+    check_strategy,
+    predict,
+)
 
 # ranking criteria drawn by default in the loss curves (those the report has), most faithful first
 CURVE_CRITERIA = ("loss", "taylor2", "fisher", "flow", "shortgpt", "llmdrop", "magnitude", "random")
@@ -55,13 +64,26 @@ class Planner:
         g = None if d.g is None else torch.tensor(d.g, dtype=torch.float64)
         H = None if d.H is None else torch.tensor(d.H, dtype=torch.float64)
         scores = {r["id"]: r[criterion] for r in d.candidates} if criterion in d.criteria else None
-        return Problem(graph, [graph.candidate(r["id"]) for r in d.candidates], budget, fill, scores=scores,
-                       g=g, H=H, index={r["id"]: k for k, r in enumerate(d.candidates)},
-                       measure=lambda ids: eng.loss(ids) - d.base_loss,
-                       rescore=exact_rescore(eng, d.base_loss))
+        return Problem(
+            graph,
+            [graph.candidate(r["id"]) for r in d.candidates],
+            budget,
+            fill,
+            scores=scores,
+            g=g,
+            H=H,
+            index={r["id"]: k for k, r in enumerate(d.candidates)},
+            measure=lambda ids: eng.loss(ids) - d.base_loss,
+            rescore=exact_rescore(eng, d.base_loss),
+        )
 
-    def plan(self, budget: Budget | float | int | dict, criterion: str = "loss",
-             strategy: str = DEFAULT_STRATEGY, fill: str = "zeros") -> tuple[Plan, PlanRecord]:
+    def plan(
+        self,
+        budget: Budget | float | int | dict,
+        criterion: str = "loss",
+        strategy: str = DEFAULT_STRATEGY,
+        fill: str = "zeros",
+    ) -> tuple[Plan, PlanRecord]:
         """Choose under ``budget`` with ``strategy`` (ranking by ``criterion`` for one_shot), measure the
         choice exactly (through the gates, zero fill) and return the Plan with its record."""
         budget = Budget.parse(budget)
@@ -69,8 +91,10 @@ class Planner:
         check_strategy(strategy, criterion, self.data.criteria, self.data.hessian_kind)
         s = STRATEGIES[strategy]
         if s.needs == "matrix" and self.data.g is None:
-            raise InputError(f"strategy={strategy!r} needs a gate-space matrix: analyze with one of "
-                             f"{', '.join(MATRIX_PREFERENCE)}")
+            raise InputError(
+                f"strategy={strategy!r} needs a gate-space matrix: analyze with one of "
+                f"{', '.join(MATRIX_PREFERENCE)}"
+            )
         p = self.problem(budget, criterion, fill)
         check_budget(p.graph, p.candidates, budget, fill)
         eng = self.engine
@@ -80,12 +104,23 @@ class Planner:
         predicted = self._predicted(s.needs, criterion, ids, measured, p)
         used = {"exact": "loss", "matrix": self.data.hessian_kind}.get(s.needs, criterion)
         plan = p.graph.plan(ids, fill)
-        record = PlanRecord(criterion=used, strategy=strategy, fill=fill, budget=asdict(budget), removals=ids,
-                            params_removed=plan.params_removed, flops_removed=plan.flops_removed,
-                            predicted=predicted, measured=measured, plan=plan)
+        record = PlanRecord(
+            criterion=used,
+            strategy=strategy,
+            fill=fill,
+            budget=asdict(budget),
+            removals=ids,
+            params_removed=plan.params_removed,
+            flops_removed=plan.flops_removed,
+            predicted=predicted,
+            measured=measured,
+            plan=plan,
+        )
         return plan, record
 
-    def _predicted(self, needs: str, criterion: str, ids: list[str], measured: float, p: Problem) -> float | None:
+    def _predicted(
+        self, needs: str, criterion: str, ids: list[str], measured: float, p: Problem
+    ) -> float | None:
         if needs == "exact":
             return measured  # greedy's choice is scored exactly
         if needs == "scores" and criterion == "loss":
@@ -106,21 +141,32 @@ class Planner:
         eng = self.engine
         eng.references()
         with torch.no_grad(), eval_mode(model):
-            losses = [eng.batch_loss(i, call_model(model, eng.inputs(i))) for i in range(len(eng.batches))]
+            losses = [
+                eng.batch_loss(i, call_model(model, eng.inputs(i))) for i in range(len(eng.batches))
+            ]
         return eng.mean(losses) - self.data.base_loss
 
     def latency(self, pruned: Any) -> dict:
         """Seconds of one forward of the analysed model and of ``pruned`` on the first calibration batch."""
         x = self.engine.inputs(0)
-        return {"before": latency(self.model, x), "after": latency(pruned, x), "batch": self.engine.sizes[0]}
+        return {
+            "before": latency(self.model, x),
+            "after": latency(pruned, x),
+            "batch": self.engine.sizes[0],
+        }
 
     def rewrite(self, plan: Plan) -> torch.nn.Module:
         """``plan`` applied to a copy of the analysed model (fills fitted on the calibration data)."""
         return apply(self.model, plan, data=as_batches(self.batches))
 
     # -- curves ----------------------------------------------------------------------------------------
-    def loss_curves(self, max_removals: int = 8, criteria: Sequence[str] | None = None,
-                    strategies: Sequence[str] = ("one_shot", "quadratic"), fill: str = "zeros") -> list[dict]:
+    def loss_curves(
+        self,
+        max_removals: int = 8,
+        criteria: Sequence[str] | None = None,
+        strategies: Sequence[str] = ("one_shot", "quadratic"),
+        fill: str = "zeros",
+    ) -> list[dict]:
         """ΔL after removing k = 0 … ``max_removals`` candidates chosen by each strategy: one_shot for
         every criterion in ``criteria`` (default: those of CURVE_CRITERIA the report has), a "matrix"
         strategy with the report's matrix, an "exact" one (greedy: the costliest).  Each curve is
@@ -140,7 +186,9 @@ class Planner:
                     for crit in criteria:  # one ranking: its prefixes are the sets
                         order = s.solve(self.problem(Budget(count=max_removals), crit, fill))
                         runs.append((name, crit, [order[:k] for k in range(1, len(order) + 1)]))
-                elif s.needs == "matrix" and d.g is not None:  # the optimum changes with k: solve each
+                elif (
+                    s.needs == "matrix" and d.g is not None
+                ):  # the optimum changes with k: solve each
                     sets = []
                     for k in range(1, max_removals + 1):
                         chosen = s.solve(self.problem(Budget(count=k), "loss", fill))
@@ -155,8 +203,15 @@ class Planner:
             graph = eng.graph
             for name, crit, sets in runs:
                 plans = [graph.plan(x, fill) for x in sets]
-                curves.append({"strategy": name, "criterion": crit, "removals": sets, "k": list(range(len(sets) + 1)),
-                               "loss": [0.0] + [eng.loss(x) - d.base_loss for x in sets],
-                               "params_removed": [0] + [p.params_removed for p in plans],
-                               "flops_removed": [0] + [p.flops_removed for p in plans]})
+                curves.append(
+                    {
+                        "strategy": name,
+                        "criterion": crit,
+                        "removals": sets,
+                        "k": list(range(len(sets) + 1)),
+                        "loss": [0.0] + [eng.loss(x) - d.base_loss for x in sets],
+                        "params_removed": [0] + [p.params_removed for p in plans],
+                        "flops_removed": [0] + [p.flops_removed for p in plans],
+                    }
+                )
         return curves

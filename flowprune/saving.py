@@ -49,8 +49,19 @@ FILLS = "flowprune-fills.safetensors"
 FORMAT = 1  # manifest format; 0 (no "format" key) was plans only, without weight hashes
 _TAG = "fpsave"  # temp folders are ".{name}.fpsave-new-*" / ".{name}.fpsave-old-*": never anyone else's
 # files whose bytes are weights: hashed into the manifest, and any unlisted one is refused at load
-_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth",
-                    ".ckpt", ".h5", ".msgpack", ".gguf", ".npz")
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".safetensors.index.json",
+    ".bin",
+    ".bin.index.json",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".gguf",
+    ".npz",
+)
 _AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
 
@@ -86,7 +97,13 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
         if sys.platform.startswith("linux"):
             try:
                 fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28, musl >= 1.2.2
-                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                fn.argtypes = [
+                    ctypes.c_int,
+                    ctypes.c_char_p,
+                    ctypes.c_int,
+                    ctypes.c_char_p,
+                    ctypes.c_uint,
+                ]
                 fn.restype = ctypes.c_int
                 _renameat2_fn = fn
             except (OSError, AttributeError):
@@ -138,6 +155,7 @@ def _fsync(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 # the target folder: refusals, temp folders, recovery, swap
 
+
 def _temps(target: Path) -> list[Path]:
     """Temp folders this module made for ``target`` (new ones being written, old ones being swapped out)."""
     pat = re.compile(rf"\.{re.escape(target.name)}\.{_TAG}-(new|old)-[A-Za-z0-9_]+")
@@ -162,8 +180,10 @@ def _recover(target: Path) -> None:
         _rename(old, target)
         _fsync(target.parent)
     except OSError as e:
-        raise CheckpointError(f"a save into {target} was interrupted and the previous folder is at {old}, "
-                              f"but putting it back failed ({e}): rename {old} to {target}") from e
+        raise CheckpointError(
+            f"a save into {target} was interrupted and the previous folder is at {old}, "
+            f"but putting it back failed ({e}): rename {old} to {target}"
+        ) from e
 
 
 def _clean(target: Path) -> None:
@@ -195,15 +215,21 @@ def _check_target(directory: str | os.PathLike) -> Path:
     except (RuntimeError, KeyError):  # no home directory known
         pass
     if real in protected or target in protected or not target.name:
-        raise InputError(f"refusing to save into {raw!r} ({real}): it is the current directory, one of its "
-                         f"parents, the home directory or the file-system root, and a save replaces the whole "
-                         f"folder. Pass a new sub-folder, e.g. save_pretrained(model, 'pruned-model')")
+        raise InputError(
+            f"refusing to save into {raw!r} ({real}): it is the current directory, one of its "
+            f"parents, the home directory or the file-system root, and a save replaces the whole "
+            f"folder. Pass a new sub-folder, e.g. save_pretrained(model, 'pruned-model')"
+        )
     if target.is_symlink():
-        raise InputError(f"refusing to save into {raw!r}: it is a symbolic link (to {real}) and a save would "
-                         f"replace the link, not the folder. Pass the folder itself: {real}")
+        raise InputError(
+            f"refusing to save into {raw!r}: it is a symbolic link (to {real}) and a save would "
+            f"replace the link, not the folder. Pass the folder itself: {real}"
+        )
     if target.exists() and not target.is_dir():
-        raise InputError(f"refusing to save into {raw!r}: it is a file, not a folder. Pass a folder path "
-                         f"(it is created), e.g. {target.with_suffix('')}-model")
+        raise InputError(
+            f"refusing to save into {raw!r}: it is a file, not a folder. Pass a folder path "
+            f"(it is created), e.g. {target.with_suffix('')}-model"
+        )
     return target
 
 
@@ -229,6 +255,7 @@ def _swap(new: Path, target: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 # the manifest
 
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -242,8 +269,11 @@ def _is_weight_file(name: str) -> bool:
 
 
 def _weight_files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and _is_weight_file(p.name))
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and _is_weight_file(p.name)
+    )
 
 
 def _header(path: Path) -> dict[str, dict]:
@@ -254,23 +284,34 @@ def _header(path: Path) -> dict[str, dict]:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         if n < 2 or 8 + n > size:
-            raise CheckpointError(f"{path} is truncated or not a safetensors file ({size} bytes, unreadable "
-                                  f"header): copy the folder again or re-save the model")
+            raise CheckpointError(
+                f"{path} is truncated or not a safetensors file ({size} bytes, unreadable "
+                f"header): copy the folder again or re-save the model"
+            )
         try:
             header = json.loads(f.read(n))
         except ValueError as e:
-            raise CheckpointError(f"{path} has a corrupt safetensors header ({e}): copy the folder again "
-                                  f"or re-save the model") from e
+            raise CheckpointError(
+                f"{path} has a corrupt safetensors header ({e}): copy the folder again "
+                f"or re-save the model"
+            ) from e
     try:
         header.pop("__metadata__", None)
         end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
-        tensors = {k: {"shape": [int(s) for s in t["shape"]], "dtype": str(t["dtype"])} for k, t in header.items()}
+        tensors = {
+            k: {"shape": [int(s) for s in t["shape"]], "dtype": str(t["dtype"])}
+            for k, t in header.items()
+        }
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:
-        raise CheckpointError(f"{path} has a corrupt safetensors header ({type(e).__name__}: {e}): copy the "
-                              f"folder again or re-save the model") from e
+        raise CheckpointError(
+            f"{path} has a corrupt safetensors header ({type(e).__name__}: {e}): copy the "
+            f"folder again or re-save the model"
+        ) from e
     if 8 + n + end != size:
-        raise CheckpointError(f"{path} is truncated or corrupt: its header needs {8 + n + end} bytes, the "
-                              f"file has {size}. Copy the folder again or re-save the model")
+        raise CheckpointError(
+            f"{path} is truncated or corrupt: its header needs {8 + n + end} bytes, the "
+            f"file has {size}. Copy the folder again or re-save the model"
+        )
     return tensors
 
 
@@ -287,17 +328,28 @@ def _manifest(folder: Path, model: nn.Module, plans: list[Plan]) -> dict:
         if rel.endswith(".safetensors"):
             tensors.update({k: {"file": rel, **t} for k, t in _header(path).items()})
     if not tensors:
-        raise InputError(f"{type(model).__name__}.save_pretrained wrote no safetensors file: flowprune saves "
-                         f"and verifies safetensors only")
-    manifest = {"flowprune": __version__, "format": FORMAT, "plans": [json.loads(p.to_json()) for p in plans],
-                "files": files, "tensors": tensors,
-                "state_dict": {k: list(v.shape) for k, v in model.state_dict().items()}}
+        raise InputError(
+            f"{type(model).__name__}.save_pretrained wrote no safetensors file: flowprune saves "
+            f"and verifies safetensors only"
+        )
+    manifest = {
+        "flowprune": __version__,
+        "format": FORMAT,
+        "plans": [json.loads(p.to_json()) for p in plans],
+        "files": files,
+        "tensors": tensors,
+        "state_dict": {k: list(v.shape) for k, v in model.state_dict().items()},
+    }
     manifest["sha256"] = _manifest_digest(manifest)
     return manifest
 
 
-def _fail(path: Path, what: str, fix: str = "copy the folder again from where it was saved, or re-save the "
-                                               "model with flowprune.save_pretrained") -> CheckpointError:
+def _fail(
+    path: Path,
+    what: str,
+    fix: str = "copy the folder again from where it was saved, or re-save the "
+    "model with flowprune.save_pretrained",
+) -> CheckpointError:
     return CheckpointError(f"{path} {what}: {fix}")
 
 
@@ -311,11 +363,15 @@ def verify_pretrained(directory: str | os.PathLike) -> dict:
     d = Path(directory)
     meta = d / META
     if not d.is_dir():
-        raise CheckpointError(f"{d} is not a folder: pass the folder given to flowprune.save_pretrained")
+        raise CheckpointError(
+            f"{d} is not a folder: pass the folder given to flowprune.save_pretrained"
+        )
     if not meta.is_file():
-        raise CheckpointError(f"{d} has no {META}, so it was not written by flowprune.save_pretrained (which "
-                              f"records every weight file's SHA-256 there). A plain Hugging Face checkpoint loads "
-                              f"with AutoModelForCausalLM.from_pretrained('{d}') (or its model class)")
+        raise CheckpointError(
+            f"{d} has no {META}, so it was not written by flowprune.save_pretrained (which "
+            f"records every weight file's SHA-256 there). A plain Hugging Face checkpoint loads "
+            f"with AutoModelForCausalLM.from_pretrained('{d}') (or its model class)"
+        )
     try:
         manifest = json.loads(meta.read_text())
     except (OSError, ValueError) as e:
@@ -323,14 +379,20 @@ def verify_pretrained(directory: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or "flowprune" not in manifest:
         raise _fail(meta, "is not a flowprune manifest")
     if "format" not in manifest:
-        raise _fail(meta, f"was written by flowprune {manifest.get('flowprune')}, before manifests recorded the "
-                          f"weights' SHA-256, so the weights cannot be verified",
-                    "load it with that version and save it again with this one")
+        raise _fail(
+            meta,
+            f"was written by flowprune {manifest.get('flowprune')}, before manifests recorded the "
+            f"weights' SHA-256, so the weights cannot be verified",
+            "load it with that version and save it again with this one",
+        )
     if not isinstance(manifest["format"], int):
         raise _fail(meta, f"is malformed (format {manifest['format']!r})")
     if manifest["format"] > FORMAT:
-        raise _fail(meta, f"has format {manifest['format']}, newer than flowprune {__version__} reads",
-                    "upgrade flowprune")
+        raise _fail(
+            meta,
+            f"has format {manifest['format']}, newer than flowprune {__version__} reads",
+            "upgrade flowprune",
+        )
     if manifest.get("sha256") != _manifest_digest(manifest):
         raise _fail(meta, "was modified after saving (its own checksum does not match)")
     if not (d / "config.json").is_file():
@@ -343,7 +405,12 @@ def verify_pretrained(directory: str | os.PathLike) -> dict:
         _check_files(d, manifest["files"], manifest["tensors"])
     except CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:  # well-formed JSON, wrong structure
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as e:  # well-formed JSON, wrong structure
         raise _fail(meta, f"is malformed ({type(e).__name__}: {e})") from e
     return manifest
 
@@ -351,25 +418,41 @@ def verify_pretrained(directory: str | os.PathLike) -> dict:
 def _check_files(d: Path, files: dict, tensors: dict) -> None:
     for rel in _weight_files(d):
         if rel not in files:
-            raise _fail(d / rel, f"is a weight file not listed in {META}",
-                        "remove it (a folder mixed from two saves?) or re-save the model")
+            raise _fail(
+                d / rel,
+                f"is a weight file not listed in {META}",
+                "remove it (a folder mixed from two saves?) or re-save the model",
+            )
     for rel, rec in files.items():
         path = d / rel
         if not path.is_file():
             raise _fail(path, f"is missing (listed in {META})")
         if rel.endswith(".safetensors"):
             found = _header(path)
-            want = {k: {"shape": t["shape"], "dtype": t["dtype"]} for k, t in tensors.items() if t["file"] == rel}
+            want = {
+                k: {"shape": t["shape"], "dtype": t["dtype"]}
+                for k, t in tensors.items()
+                if t["file"] == rel
+            }
             if found != want:
                 missing, extra = sorted(set(want) - set(found)), sorted(set(found) - set(want))
                 shaped = sorted(k for k in set(want) & set(found) if want[k] != found[k])
-                raise _fail(path, "does not hold the tensors recorded in flowprune.json"
-                            + (f"; missing {missing[:5]}" if missing else "")
-                            + (f"; unexpected {extra[:5]}" if extra else "")
-                            + "".join(f"; {k} is {found[k]['dtype']}{found[k]['shape']}, saved as "
-                                      f"{want[k]['dtype']}{want[k]['shape']}" for k in shaped[:5]))
+                raise _fail(
+                    path,
+                    "does not hold the tensors recorded in flowprune.json"
+                    + (f"; missing {missing[:5]}" if missing else "")
+                    + (f"; unexpected {extra[:5]}" if extra else "")
+                    + "".join(
+                        f"; {k} is {found[k]['dtype']}{found[k]['shape']}, saved as "
+                        f"{want[k]['dtype']}{want[k]['shape']}"
+                        for k in shaped[:5]
+                    ),
+                )
         if path.stat().st_size != rec["bytes"]:
-            raise _fail(path, f"has {path.stat().st_size} bytes, {rec['bytes']} were saved (truncated or corrupt)")
+            raise _fail(
+                path,
+                f"has {path.stat().st_size} bytes, {rec['bytes']} were saved (truncated or corrupt)",
+            )
         if _sha256(path) != rec["sha256"]:
             raise _fail(path, "differs from what was saved (SHA-256 mismatch: corrupt or modified)")
 
@@ -377,8 +460,15 @@ def _check_files(d: Path, files: dict, tensors: dict) -> None:
 # ---------------------------------------------------------------------------------------------------
 # public API
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: Any = None,
-                    overwrite: bool = False, *, max_shard_size: int | str | None = None) -> Path:
+
+def save_pretrained(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+    *,
+    max_shard_size: int | str | None = None,
+) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``directory`` with a ``flowprune.json`` manifest; returns
     the absolute path.
 
@@ -393,20 +483,28 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: A
     >>> same = flowprune.load_pretrained("pruned/")
     """
     if not hasattr(model, "save_pretrained"):
-        raise InputError(f"save_pretrained needs a Hugging Face model (PreTrainedModel), got {type(model).__name__}; "
-                         f"for other models save plan.to_json() and the state_dict with safetensors")
+        raise InputError(
+            f"save_pretrained needs a Hugging Face model (PreTrainedModel), got {type(model).__name__}; "
+            f"for other models save plan.to_json() and the state_dict with safetensors"
+        )
     target = _check_target(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)  # a previous save cut short: first make the target whole, then drop its leftovers
+    _recover(
+        target
+    )  # a previous save cut short: first make the target whole, then drop its leftovers
     _clean(target)
     if target.is_dir() and any(target.iterdir()):
         if not _is_flowprune_folder(target):
-            raise InputError(f"refusing to save into {target}: it holds files and was not written by "
-                             f"flowprune.save_pretrained (no valid {META}), so it is not replaced, even with "
-                             f"overwrite=True. Choose a new folder, or delete this one yourself")
+            raise InputError(
+                f"refusing to save into {target}: it holds files and was not written by "
+                f"flowprune.save_pretrained (no valid {META}), so it is not replaced, even with "
+                f"overwrite=True. Choose a new folder, or delete this one yourself"
+            )
         if not overwrite:
-            raise InputError(f"{target} already holds a model saved by flowprune: pass overwrite=True to replace "
-                             f"it, or choose a new folder")
+            raise InputError(
+                f"{target} already holds a model saved by flowprune: pass overwrite=True to replace "
+                f"it, or choose a new folder"
+            )
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{_TAG}-new-"))
     try:
         fills = _stub_state(model)
@@ -416,8 +514,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: A
         with _quiet_transformers():
             model.save_pretrained(tmp, **kw)  # safetensors
         if fills:
-            save_file({k: v.detach().cpu().contiguous() for k, v in fills.items()}, str(tmp / FILLS),
-                      metadata={"format": "pt"})
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in fills.items()},
+                str(tmp / FILLS),
+                metadata={"format": "pt"},
+            )
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         plans: list[Plan] = list(getattr(model, "flowprune_plans", []))
@@ -425,7 +526,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, tokenizer: A
         for p in tmp.rglob("*"):  # the data must be on disk before the rename that publishes it
             if p.is_file():
                 _fsync(p)
-        write_atomic(tmp / META, json.dumps(manifest, indent=1))  # last: its presence marks a complete folder
+        write_atomic(
+            tmp / META, json.dumps(manifest, indent=1)
+        )  # last: its presence marks a complete folder
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700
@@ -446,7 +549,7 @@ def _map_path(path: str, deletions: dict[str, list[int]]) -> str | None:
     for stack, removed in deletions.items():
         prefix = stack + "."
         if path.startswith(prefix):
-            head, _, rest = path[len(prefix):].partition(".")
+            head, _, rest = path[len(prefix) :].partition(".")
             if head.isdigit():
                 i = int(head)
                 if i in removed:
@@ -458,14 +561,22 @@ def _map_path(path: str, deletions: dict[str, list[int]]) -> str | None:
 
 def _check_loaded(model: nn.Module, info: dict, ours: set[str], manifest: dict, d: Path) -> None:
     """The built model must hold exactly the saved tensors: nothing that transformers re-initialised."""
-    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or [])
+    mismatched = sorted(
+        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or []
+    )
     if mismatched:
-        raise _fail(d / "config.json", f"does not fit the saved weights (shape mismatch for {mismatched[:5]})")
+        raise _fail(
+            d / "config.json",
+            f"does not fit the saved weights (shape mismatch for {mismatched[:5]})",
+        )
     state = model.state_dict()
     reinit = sorted((set(state) & set(info.get("missing_keys") or [])) - ours)
     if reinit:
-        raise _fail(d, f"lacks the weights {reinit[:5]} ({len(reinit)} in all) that this model needs; "
-                       f"transformers would have initialised them at random")
+        raise _fail(
+            d,
+            f"lacks the weights {reinit[:5]} ({len(reinit)} in all) that this model needs; "
+            f"transformers would have initialised them at random",
+        )
     unused = sorted(set(info.get("unexpected_keys") or []) - ours)
     if unused:
         raise _fail(d, f"holds weights {unused[:5]} that the rebuilt model does not use")
@@ -473,9 +584,12 @@ def _check_loaded(model: nn.Module, info: dict, ours: set[str], manifest: dict, 
     want = manifest["state_dict"]
     if got != want:
         diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-        raise _fail(d, f"rebuilt into a model whose state_dict differs from the saved one at {diff[:5]} "
-                       f"(model {[got.get(k) for k in diff[:5]]}, saved {[want.get(k) for k in diff[:5]]})",
-                    "load it with the flowprune and transformers versions that saved it, or re-save it")
+        raise _fail(
+            d,
+            f"rebuilt into a model whose state_dict differs from the saved one at {diff[:5]} "
+            f"(model {[got.get(k) for k in diff[:5]]}, saved {[want.get(k) for k in diff[:5]]})",
+            "load it with the flowprune and transformers versions that saved it, or re-save it",
+        )
 
 
 def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
@@ -503,15 +617,20 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
     archs = getattr(config, "architectures", None) or []
     cls = getattr(transformers, archs[0], None) if archs else None
     if cls is None:
-        raise PlanError(f"{d}/config.json names no known architecture ({archs}): load it with its model class")
+        raise PlanError(
+            f"{d}/config.json names no known architecture ({archs}): load it with its model class"
+        )
     try:
         with _quiet_transformers():  # the report is checked below (_check_loaded), not printed
             model, info = cls.from_pretrained(d, **{**kwargs, "output_loading_info": True})
     except RuntimeError as e:
         if "mismatched" not in str(e):
             raise
-        raise _fail(d / "config.json", "does not fit the saved weights (tensor shapes differ from what it "
-                                       "describes; was it edited?)") from e
+        raise _fail(
+            d / "config.json",
+            "does not fit the saved weights (tensor shapes differ from what it "
+            "describes; was it edited?)",
+        ) from e
     plans = [Plan.from_json(json.dumps(p)) for p in manifest["plans"]]
     for k, plan in enumerate(plans):
         later = [_deletions(p) for p in plans[k:]]
@@ -526,13 +645,18 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
                 continue
             parent, _, name = path.rpartition(".")
             if path not in modules:
-                raise PlanError(f"{d / META} replaces '{path}', which the loaded model does not have")
+                raise PlanError(
+                    f"{d / META} replaces '{path}', which the loaded model does not have"
+                )
             setattr(modules[parent], name, make_stub(rep, modules[path]))
     needed = set(_stub_state(model))
     fills = {k for k, t in manifest["tensors"].items() if t["file"] == FILLS}
     if needed != fills:
-        raise _fail(d / FILLS, f"does not hold the fills the plans need (missing {sorted(needed - fills)[:5]}, "
-                               f"unexpected {sorted(fills - needed)[:5]})")
+        raise _fail(
+            d / FILLS,
+            f"does not hold the fills the plans need (missing {sorted(needed - fills)[:5]}, "
+            f"unexpected {sorted(fills - needed)[:5]})",
+        )
     state = {}
     if needed:
         with safe_open(str(d / FILLS), "pt") as sf:
@@ -545,8 +669,12 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
 
 def _stub_state(model: nn.Module) -> dict[str, Any]:
     """The tensors of the ``Removed`` stubs (fills), by state_dict name."""
-    return {f"{n}.{k}": v for n, m in model.named_modules() if is_stub(m)
-            for k, v in m.state_dict().items()}
+    return {
+        f"{n}.{k}": v
+        for n, m in model.named_modules()
+        if is_stub(m)
+        for k, v in m.state_dict().items()
+    }
 
 
 def _deletions(plan: Plan) -> dict[str, list[int]]:

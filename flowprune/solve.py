@@ -47,9 +47,15 @@ class Budget:
     max_loss_increase: float | None = None
 
     def __post_init__(self) -> None:
-        set_ = [k for k in ("count", "params", "flops", "max_loss_increase") if getattr(self, k) is not None]
+        set_ = [
+            k
+            for k in ("count", "params", "flops", "max_loss_increase")
+            if getattr(self, k) is not None
+        ]
         if len(set_) != 1:
-            raise InputError(f"Budget takes exactly one of count, params, flops, max_loss_increase; got {set_ or 'none'}")
+            raise InputError(
+                f"Budget takes exactly one of count, params, flops, max_loss_increase; got {set_ or 'none'}"
+            )
         key = set_[0]
         v = getattr(self, key)
         if key == "count":
@@ -59,13 +65,19 @@ class Budget:
                 raise InputError(f"Budget(count={v}) must be >= 0")
             return
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise InputError(f"Budget({key}={v!r}): a number, e.g. {key}={0.25 if key != 'max_loss_increase' else 0.1}")
+            raise InputError(
+                f"Budget({key}={v!r}): a number, e.g. {key}={0.25 if key != 'max_loss_increase' else 0.1}"
+            )
         if not math.isfinite(v):
             raise InputError(f"Budget({key}={v}) is not a finite number: give e.g. {key}=0.25")
         if key in ("params", "flops") and not 0 < v <= 1:
-            raise InputError(f"Budget({key}={v}): a fraction in (0, 1], e.g. {key}=0.25 for a quarter")
+            raise InputError(
+                f"Budget({key}={v}): a fraction in (0, 1], e.g. {key}=0.25 for a quarter"
+            )
         if key == "max_loss_increase" and v < 0:
-            raise InputError(f"Budget(max_loss_increase={v}) must be >= 0 (a ceiling on the loss increase)")
+            raise InputError(
+                f"Budget(max_loss_increase={v}) must be >= 0 (a ceiling on the loss increase)"
+            )
 
     @classmethod
     def parse(cls, value: "Budget | float | int | dict") -> "Budget":
@@ -75,16 +87,22 @@ class Budget:
         if isinstance(value, dict):
             unknown = sorted(set(value) - {"count", "params", "flops", "max_loss_increase"})
             if unknown:
-                raise InputError(f"budget dict has unknown keys {unknown}: use count, params, flops or "
-                                 f"max_loss_increase")
+                raise InputError(
+                    f"budget dict has unknown keys {unknown}: use count, params, flops or "
+                    f"max_loss_increase"
+                )
             return cls(**value)
         if isinstance(value, bool):
-            raise InputError("budget must be a Budget, an int count or a float fraction of parameters")
+            raise InputError(
+                "budget must be a Budget, an int count or a float fraction of parameters"
+            )
         if isinstance(value, int):
             return cls(count=value)
         if isinstance(value, float):
             return cls(params=value)
-        raise InputError(f"budget must be a Budget, an int count or a float fraction of parameters, got {value!r}")
+        raise InputError(
+            f"budget must be a Budget, an int count or a float fraction of parameters, got {value!r}"
+        )
 
     def met(self, graph: "FlowGraph", ids: list[str], fill: str = "zeros") -> bool:
         if self.count is not None:
@@ -107,8 +125,12 @@ def check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
         raise InputError(f"unknown {what} {value!r}: use one of {', '.join(choices)}")
 
 
-def check_strategy(strategy: str, criterion: str, known: list[str] | tuple[str, ...],
-                   hessian_kind: str | None = None) -> None:
+def check_strategy(
+    strategy: str,
+    criterion: str,
+    known: list[str] | tuple[str, ...],
+    hessian_kind: str | None = None,
+) -> None:
     """Raise InputError when ``criterion`` cannot drive ``strategy``: one_shot ranks by any computed
     criterion; greedy always re-scores by the exact loss; quadratic minimises the Taylor prediction of
     the report's gate-space matrix (``criterion`` "loss", the default, or that matrix's name).
@@ -119,25 +141,33 @@ def check_strategy(strategy: str, criterion: str, known: list[str] | tuple[str, 
     """
     check_choice("strategy", strategy, tuple(STRATEGIES))
     if not isinstance(criterion, str) or criterion not in known:
-        raise InputError(f"unknown criterion {criterion!r} for strategy {strategy!r}: this analysis has "
-                         f"{', '.join(known)}")
+        raise InputError(
+            f"unknown criterion {criterion!r} for strategy {strategy!r}: this analysis has "
+            f"{', '.join(known)}"
+        )
     needs = STRATEGIES[strategy].needs
     if needs == "exact" and criterion != "loss":
-        raise InputError(f"strategy={strategy!r} re-scores by the exact loss after every removal, so "
-                         f"criterion={criterion!r} would be ignored: pass criterion='loss', or "
-                         f"strategy='one_shot' to rank by {criterion}")
+        raise InputError(
+            f"strategy={strategy!r} re-scores by the exact loss after every removal, so "
+            f"criterion={criterion!r} would be ignored: pass criterion='loss', or "
+            f"strategy='one_shot' to rank by {criterion}"
+        )
     if needs == "matrix" and criterion != "loss" and criterion != hessian_kind:
         have = f"the {hessian_kind} matrix" if hessian_kind else "no gate-space matrix"
-        raise InputError(f"strategy={strategy!r} minimises the Taylor prediction of a gate-space matrix "
-                         f"({', '.join(MATRIX_PREFERENCE)}); criterion={criterion!r} is not it (this analysis has "
-                         f"{have}): pass criterion='loss' for the analysis' own matrix")
+        raise InputError(
+            f"strategy={strategy!r} minimises the Taylor prediction of a gate-space matrix "
+            f"({', '.join(MATRIX_PREFERENCE)}); criterion={criterion!r} is not it (this analysis has "
+            f"{have}): pass criterion='loss' for the analysis' own matrix"
+        )
 
 
 def max_removals(cands: list["Candidate"]) -> int:
     """The most candidates one plan can remove: those with no other candidate inside them (a layer
     and a branch inside it exclude each other; nesting is a forest, whose leaves are its largest
     antichain)."""
-    uniq = list({(c.path, c.call): c for c in cands}.values())  # per-call: each call of a shared module
+    uniq = list(
+        {(c.path, c.call): c for c in cands}.values()
+    )  # per-call: each call of a shared module
     return sum(1 for c in uniq if not any(d is not c and encloses(c, d) for d in uniq))
 
 
@@ -151,24 +181,32 @@ def reachable(graph: "FlowGraph", cands: list["Candidate"], fill: str = "zeros")
     return eff.params, eff.flops
 
 
-def check_budget(graph: "FlowGraph", cands: list["Candidate"], budget: Budget, fill: str = "zeros") -> None:
+def check_budget(
+    graph: "FlowGraph", cands: list["Candidate"], budget: Budget, fill: str = "zeros"
+) -> None:
     """InputError when no plan over ``cands`` can meet ``budget``, naming the most that can be reached."""
     if not cands:
-        raise InputError(f"{type(graph.model).__name__} has no removal candidates (no residual branch, concat "
-                         f"input or removable layer was found), so nothing can be pruned; "
-                         f"see FlowGraph.summary() and the README's candidate rules")
+        raise InputError(
+            f"{type(graph.model).__name__} has no removal candidates (no residual branch, concat "
+            f"input or removable layer was found), so nothing can be pruned; "
+            f"see FlowGraph.summary() and the README's candidate rules"
+        )
     if budget.count is not None and budget.count > max_removals(cands):
-        raise InputError(f"Budget(count={budget.count}) asks for more removals than can be made together: "
-                         f"at most {max_removals(cands)} of the {len(cands)} candidates (a layer and a branch "
-                         f"inside it exclude each other)")
+        raise InputError(
+            f"Budget(count={budget.count}) asks for more removals than can be made together: "
+            f"at most {max_removals(cands)} of the {len(cands)} candidates (a layer and a branch "
+            f"inside it exclude each other)"
+        )
     for key, total, k in (("params", graph.total_params, 0), ("flops", graph.total_flops, 1)):
         want = getattr(budget, key)
         if want is None:
             continue
         most = reachable(graph, cands, fill)[k] / max(total, 1)
         if want > most + 1e-12:
-            raise InputError(f"Budget({key}={want}) cannot be met: removing every candidate removes at most "
-                             f"{most:.1%} of the {key} (fill={fill!r}); ask for at most {most:.3f}")
+            raise InputError(
+                f"Budget({key}={want}) cannot be met: removing every candidate removes at most "
+                f"{most:.1%} of the {key} (fill={fill!r}); ask for at most {most:.3f}"
+            )
 
 
 def overlaps(a: "Candidate", b: "Candidate") -> bool:
@@ -236,7 +274,9 @@ def one_shot(p: Problem) -> list[str]:
             continue
         if p.budget.max_loss_increase is not None:
             if p.measure is None:
-                raise InputError("a max_loss_increase budget needs the model and data: plan from a live report")
+                raise InputError(
+                    "a max_loss_increase budget needs the model and data: plan from a live report"
+                )
             if p.measure([s.id for s in chosen] + [c.id]) > p.budget.max_loss_increase:
                 continue
         chosen.append(c)
@@ -246,7 +286,9 @@ def one_shot(p: Problem) -> list[str]:
 def greedy(p: Problem) -> list[str]:
     """After each removal re-score every remaining candidate exactly (``p.rescore``) and take the cheapest."""
     if p.rescore is None:
-        raise InputError("strategy='greedy' re-scores on the model and data: plan from a live report")
+        raise InputError(
+            "strategy='greedy' re-scores on the model and data: plan from a live report"
+        )
     chosen: list[Candidate] = []
     while not p.met([s.id for s in chosen]):
         rest = [c for c in p.candidates if _free(c, chosen)]
@@ -264,7 +306,9 @@ def quadratic(p: Problem) -> list[str]:
     """Minimise the Taylor prediction of ΔL(S) under the budget (forward selection, then swaps while
     they lower it).  A loss ceiling bounds the *prediction*; the measured ΔL is recorded next to it."""
     if p.g is None:
-        raise InputError("strategy='quadratic' needs the gate Hessian: analyze with 'taylor2' or 'fisher'")
+        raise InputError(
+            "strategy='quadratic' needs the gate Hessian: analyze with 'taylor2' or 'fisher'"
+        )
 
     def pred(ids: list[str]) -> float:
         return predict(p.g, p.H, [p.index[i] for i in ids])
@@ -276,7 +320,10 @@ def quadratic(p: Problem) -> list[str]:
         if not rest:
             break
         best = min(rest, key=lambda c: pred(base + [c.id]))
-        if p.budget.max_loss_increase is not None and pred(base + [best.id]) > p.budget.max_loss_increase:
+        if (
+            p.budget.max_loss_increase is not None
+            and pred(base + [best.id]) > p.budget.max_loss_increase
+        ):
             break
         chosen.append(best)
     improved = p.budget.count is not None
@@ -284,7 +331,7 @@ def quadratic(p: Problem) -> list[str]:
         improved = False
         ids = [s.id for s in chosen]
         for k, s in enumerate(chosen):
-            others = chosen[:k] + chosen[k + 1:]
+            others = chosen[:k] + chosen[k + 1 :]
             for c in p.candidates:
                 if c.id in ids or not _free(c, others):
                     continue
@@ -298,10 +345,27 @@ def quadratic(p: Problem) -> list[str]:
     return [c.id for c in chosen]
 
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("one_shot", one_shot, "scores", "remove in the order of one criterion, least important first"),
-    Strategy("greedy", greedy, "exact", "after each removal re-score the rest by their exact ΔL (replay)"),
-    Strategy("quadratic", quadratic, "matrix",
-             "minimise the gate-space Taylor prediction −Σg + ½ΣH (interactions included)"),
-)}
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy(
+            "one_shot",
+            one_shot,
+            "scores",
+            "remove in the order of one criterion, least important first",
+        ),
+        Strategy(
+            "greedy",
+            greedy,
+            "exact",
+            "after each removal re-score the rest by their exact ΔL (replay)",
+        ),
+        Strategy(
+            "quadratic",
+            quadratic,
+            "matrix",
+            "minimise the gate-space Taylor prediction −Σg + ½ΣH (interactions included)",
+        ),
+    )
+}
 DEFAULT_STRATEGY = "greedy"  # prune, Report.plan and the CLI alike: the best measured quality

@@ -25,7 +25,9 @@ from flowprune.zoo.hf import HF
 
 
 def _zoo_name(model_type: str) -> str:
-    return {"vit": "hf_vit", "resnet": "hf_resnet", "convnext": "hf_convnext"}.get(model_type, model_type)
+    return {"vit": "hf_vit", "resnet": "hf_resnet", "convnext": "hf_convnext"}.get(
+        model_type, model_type
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +45,33 @@ def test_entry_matches_a_built_model(model_type, built):
     config, ad = model.config, ADAPTERS[model_type]
     assert config.model_type == model_type and adapter_for(model) is ad
     # every named config key exists and holds what the field says
-    for field in ("hidden", "intermediate", "heads", "kv_heads", "multi_query", "head_dim", "layers",
-                  "stage_depths", *(["per_layer"] if ad.per_layer else [])):
+    for field in (
+        "hidden",
+        "intermediate",
+        "heads",
+        "kv_heads",
+        "multi_query",
+        "head_dim",
+        "layers",
+        "stage_depths",
+        *(["per_layer"] if ad.per_layer else []),
+    ):
         keys = getattr(ad, field)
-        for key in (keys if isinstance(keys, tuple) else [keys]):
+        for key in keys if isinstance(keys, tuple) else [keys]:
             if key is not None:
                 assert key in config.to_dict() or hasattr(config, key), (field, key)
     width = ad.width(config)
-    assert isinstance(width, int) or (isinstance(width, (list, tuple)) and all(isinstance(w, int) for w in width))
+    assert isinstance(width, int) or (
+        isinstance(width, (list, tuple)) and all(isinstance(w, int) for w in width)
+    )
     if ad.heads:
         heads, kv, hd = ad.num_heads(config), ad.num_kv_heads(config), ad.dim_per_head(config)
         assert heads == 4 and heads % kv == 0
-        attn = [m for m in model.modules() if type(m).__name__.endswith(("Attention", "MultiHeadSelfAttention"))]
+        attn = [
+            m
+            for m in model.modules()
+            if type(m).__name__.endswith(("Attention", "MultiHeadSelfAttention"))
+        ]
         assert attn
         # the attention modules agree on KV heads / head dim wherever they expose them
         for m in attn:
@@ -72,7 +89,10 @@ def test_entry_matches_a_built_model(model_type, built):
         counts = ad.stage_counts(config)
         assert [len(modules[p]) for p in stacks] == counts
         assert all(isinstance(modules[p], nn.ModuleList) for p in stacks)
-        assert all(any(fnmatchcase(p, path) or fnmatchcase(p, "*." + path) for path in ad.layer_paths) for p in stacks)
+        assert all(
+            any(fnmatchcase(p, path) or fnmatchcase(p, "*." + path) for path in ad.layer_paths)
+            for p in stacks
+        )
     else:
         assert stacks == []
     # cache conventions
@@ -91,8 +111,11 @@ def test_stacks_as_the_generic_rule_found_them(built):
     for t, model in built.items():
         if t in ("convnext", "resnet"):
             continue  # the generic rule cannot see per-stage lists
-        generic = [n for n, m in model.named_modules() if isinstance(m, nn.ModuleList)
-                   and len(m) == model.config.num_hidden_layers]
+        generic = [
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, nn.ModuleList) and len(m) == model.config.num_hidden_layers
+        ]
         assert layer_stacks(model) == generic, t
 
 
@@ -100,7 +123,11 @@ def test_unknown_family_is_derived_from_its_config():
     from transformers import T5Config
 
     ad = derive(T5Config(d_model=16, d_ff=32, num_layers=2, num_heads=2))
-    assert not ad.known and (ad.hidden, ad.intermediate, ad.heads) == ("d_model", "d_ff", "num_heads")
+    assert not ad.known and (ad.hidden, ad.intermediate, ad.heads) == (
+        "d_model",
+        "d_ff",
+        "num_heads",
+    )
     assert ad.layer_count(T5Config(num_layers=3)) == 3
     assert adapter_for(nn.Linear(2, 2)).known is False and num_layers(nn.Linear(2, 2)) is None
 
@@ -127,9 +154,13 @@ def test_removed_attention_fills_its_cache_slot():
 
     cache = DynamicCache()
     fill_cache_slot({"past_key_values": cache}, 0, torch.ones(2, 5, 8))
-    fill_cache_slot({"past_key_values": cache}, None, torch.ones(2, 5, 8))  # not an attention: no entry
-    fill_cache_slot({}, 1, torch.ones(2, 5, 8))                             # no cache
-    assert len(cache.layers) == 1  # one (empty) entry: the next layer's slot is 1, as generate expects
+    fill_cache_slot(
+        {"past_key_values": cache}, None, torch.ones(2, 5, 8)
+    )  # not an attention: no entry
+    fill_cache_slot({}, 1, torch.ones(2, 5, 8))  # no cache
+    assert (
+        len(cache.layers) == 1
+    )  # one (empty) entry: the next layer's slot is 1, as generate expects
 
 
 def test_stubs_and_norms():
@@ -139,7 +170,9 @@ def test_stubs_and_norms():
     small = flowprune.apply(model, graph.plan(["model.layers.0.mlp:branch"]))
     assert is_stub(small.model.layers[0].mlp) and not is_stub(small.model.layers[0].self_attn)
     assert is_norm(small.model.norm, small) and not is_norm(small.lm_head, small)
-    assert is_norm(nn.BatchNorm2d(3)) and is_norm(type("MyRMSNorm", (nn.Module,), {})())  # unknown: by name
+    assert is_norm(nn.BatchNorm2d(3)) and is_norm(
+        type("MyRMSNorm", (nn.Module,), {})()
+    )  # unknown: by name
 
 
 def test_convnext_layer_deletion_keeps_depths(tmp_path):
@@ -148,11 +181,16 @@ def test_convnext_layer_deletion_keeps_depths(tmp_path):
     model, x = e.build(), e.inputs()
     graph = flowprune.trace(model, x)
     ids = [c.id for c in graph.candidates("layer") if c.deletable]
-    assert ids == ["encoder.stages.0.layers.0:layer", "encoder.stages.0.layers.1:layer",
-                   "encoder.stages.1.layers.0:layer"]
+    assert ids == [
+        "encoder.stages.0.layers.0:layer",
+        "encoder.stages.0.layers.1:layer",
+        "encoder.stages.1.layers.0:layer",
+    ]
     small = flowprune.apply(model, graph.plan([ids[1]]))
     assert list(small.config.depths) == [1, 1] and list(model.config.depths) == [2, 1]
     small.save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        assert torch.allclose(reloaded(**x).last_hidden_state, small(**x).last_hidden_state, atol=1e-5)
+        assert torch.allclose(
+            reloaded(**x).last_hidden_state, small(**x).last_hidden_state, atol=1e-5
+        )

@@ -16,8 +16,8 @@ from torch import nn
 
 import flowprune
 from flowprune import Budget, InputError, PlanError
-from flowprune.errors import CandidateError
 from flowprune.cli import main
+from flowprune.errors import CandidateError
 from flowprune.zoo import ZOO
 
 GEN = torch.Generator().manual_seed(0)
@@ -61,7 +61,9 @@ class Fixture:
     @property
     def report(self):
         if self._report is None:
-            self._report = flowprune.analyze(self.model, self.data, criteria=("flow", "loss"), progress=False)
+            self._report = flowprune.analyze(
+                self.model, self.data, criteria=("flow", "loss"), progress=False
+            )
         return self._report
 
     @property
@@ -129,82 +131,215 @@ CASES = [
     ("dict typo", InputError, "unknown keys", lambda f: Budget.parse({"cout": 2})),
     ("budget string", InputError, "budget must be", lambda f: Budget.parse("0.25")),
     # requests that cannot be met, refused before the scoring
-    ("count above candidates", InputError, r"at most \d+ of the \d+ candidates",
-     lambda f: flowprune.prune(f.model, f.data, Budget(count=99), progress=False)),
-    ("params unreachable", InputError, r"at most [\d.]+% of the params",
-     lambda f: flowprune.prune(f.model, f.data, Budget(params=0.99), progress=False)),
-    ("unknown strategy", InputError, "unknown strategy 'best'",
-     lambda f: flowprune.prune(f.model, f.data, 1, strategy="best", progress=False)),
-    ("unknown fill", InputError, "unknown fill 'median'",
-     lambda f: flowprune.prune(f.model, f.data, 1, fill="median", progress=False)),
-    ("unknown kind", InputError, "unknown kind 'head'",
-     lambda f: flowprune.prune(f.model, f.data, 1, kind="head", progress=False)),
-    ("unknown criterion", InputError, "unknown criterion 'flw'",
-     lambda f: flowprune.prune(f.model, f.data, 1, criterion="flw", strategy="one_shot", progress=False)),
-    ("greedy ignores criterion", InputError, "greedy.*criterion='flow'",
-     lambda f: flowprune.prune(f.model, f.data, 1, criterion="flow", strategy="greedy", progress=False)),
-    ("quadratic on flow", InputError, "quadratic.*criterion='flow'",
-     lambda f: flowprune.prune(f.model, f.data, 1, criterion="flow", strategy="quadratic", progress=False)),
-    ("unknown analysis", InputError, r"unknown criteria \['bogus'\]",
-     lambda f: flowprune.analyze(f.model, f.data, criteria=("flow", "bogus"), progress=False)),
-    ("unknown loss", InputError, "unknown loss 'mse'",
-     lambda f: flowprune.analyze(f.model, f.data, loss="mse", progress=False)),
-    ("no candidates", InputError, "no removal candidates",
-     lambda f: flowprune.prune(Plain(), torch.randn(4, 8), 1, progress=False)),
-    ("kind absent", InputError, "no 'branch' candidates",
-     lambda f: flowprune.prune(ZOO["vgg_bn"].build(), ZOO["vgg_bn"].inputs(), 1, kind="branch", progress=False)),
-    ("report strategy", InputError, "unknown strategy 'fast'", lambda f: f.report.plan(1, strategy="fast")),
-    ("report criterion", InputError, "unknown criterion 'taylor2'",
-     lambda f: f.report.plan(1, criterion="taylor2")),
+    (
+        "count above candidates",
+        InputError,
+        r"at most \d+ of the \d+ candidates",
+        lambda f: flowprune.prune(f.model, f.data, Budget(count=99), progress=False),
+    ),
+    (
+        "params unreachable",
+        InputError,
+        r"at most [\d.]+% of the params",
+        lambda f: flowprune.prune(f.model, f.data, Budget(params=0.99), progress=False),
+    ),
+    (
+        "unknown strategy",
+        InputError,
+        "unknown strategy 'best'",
+        lambda f: flowprune.prune(f.model, f.data, 1, strategy="best", progress=False),
+    ),
+    (
+        "unknown fill",
+        InputError,
+        "unknown fill 'median'",
+        lambda f: flowprune.prune(f.model, f.data, 1, fill="median", progress=False),
+    ),
+    (
+        "unknown kind",
+        InputError,
+        "unknown kind 'head'",
+        lambda f: flowprune.prune(f.model, f.data, 1, kind="head", progress=False),
+    ),
+    (
+        "unknown criterion",
+        InputError,
+        "unknown criterion 'flw'",
+        lambda f: flowprune.prune(
+            f.model, f.data, 1, criterion="flw", strategy="one_shot", progress=False
+        ),
+    ),
+    (
+        "greedy ignores criterion",
+        InputError,
+        "greedy.*criterion='flow'",
+        lambda f: flowprune.prune(
+            f.model, f.data, 1, criterion="flow", strategy="greedy", progress=False
+        ),
+    ),
+    (
+        "quadratic on flow",
+        InputError,
+        "quadratic.*criterion='flow'",
+        lambda f: flowprune.prune(
+            f.model, f.data, 1, criterion="flow", strategy="quadratic", progress=False
+        ),
+    ),
+    (
+        "unknown analysis",
+        InputError,
+        r"unknown criteria \['bogus'\]",
+        lambda f: flowprune.analyze(f.model, f.data, criteria=("flow", "bogus"), progress=False),
+    ),
+    (
+        "unknown loss",
+        InputError,
+        "unknown loss 'mse'",
+        lambda f: flowprune.analyze(f.model, f.data, loss="mse", progress=False),
+    ),
+    (
+        "no candidates",
+        InputError,
+        "no removal candidates",
+        lambda f: flowprune.prune(Plain(), torch.randn(4, 8), 1, progress=False),
+    ),
+    (
+        "kind absent",
+        InputError,
+        "no 'branch' candidates",
+        lambda f: flowprune.prune(
+            ZOO["vgg_bn"].build(), ZOO["vgg_bn"].inputs(), 1, kind="branch", progress=False
+        ),
+    ),
+    (
+        "report strategy",
+        InputError,
+        "unknown strategy 'fast'",
+        lambda f: f.report.plan(1, strategy="fast"),
+    ),
+    (
+        "report criterion",
+        InputError,
+        "unknown criterion 'taylor2'",
+        lambda f: f.report.plan(1, criterion="taylor2"),
+    ),
     ("report count", InputError, "at most", lambda f: f.report.plan(Budget(count=50))),
     ("report fill", InputError, "unknown fill", lambda f: f.report.plan(1, fill="avg")),
     ("report restrict", InputError, "unknown kind", lambda f: f.report.restrict("head")),
-    ("plan from a string", InputError, r"pass \['model.layers.0:layer'\]",
-     lambda f: f.graph.plan("model.layers.0:layer")),
-    ("unknown candidate", CandidateError, "no candidate 'model.layers.0:lyr'.*did you mean",
-     lambda f: f.graph.plan(["model.layers.0:lyr"])),
+    (
+        "plan from a string",
+        InputError,
+        r"pass \['model.layers.0:layer'\]",
+        lambda f: f.graph.plan("model.layers.0:layer"),
+    ),
+    (
+        "unknown candidate",
+        CandidateError,
+        "no candidate 'model.layers.0:lyr'.*did you mean",
+        lambda f: f.graph.plan(["model.layers.0:lyr"]),
+    ),
     # data
     ("nan in a batch", InputError, "calibration batch 1 contains NaN", _nan_batch),
-    ("inf in a batch", InputError, "calibration batch 0 contains NaN or inf",
-     lambda f: flowprune.analyze(NaNOut(), [torch.full((2, 8), math.inf)], progress=False)),
-    ("nan output", InputError, "output on calibration batch 0 contains NaN",
-     lambda f: flowprune.analyze(NaNOut(), [torch.randn(2, 8)], progress=False)),
+    (
+        "inf in a batch",
+        InputError,
+        "calibration batch 0 contains NaN or inf",
+        lambda f: flowprune.analyze(NaNOut(), [torch.full((2, 8), math.inf)], progress=False),
+    ),
+    (
+        "nan output",
+        InputError,
+        "output on calibration batch 0 contains NaN",
+        lambda f: flowprune.analyze(NaNOut(), [torch.randn(2, 8)], progress=False),
+    ),
     ("no batch", InputError, "no batch", lambda f: flowprune.analyze(f.model, [], progress=False)),
-    ("num_samples 0", InputError, "num_samples=0",
-     lambda f: flowprune.analyze(f.model, f.data, num_samples=0, progress=False)),
-    ("data not iterable", InputError, "data must be", lambda f: flowprune.analyze(f.model, 5, progress=False)),
-    ("inputs as list", InputError, "is a list", lambda f: flowprune.trace(f.model, [f.data[0]["input_ids"]])),
-    ("not a module", InputError, "torch.nn.Module", lambda f: flowprune.trace(lambda x: x, torch.ones(1))),
+    (
+        "num_samples 0",
+        InputError,
+        "num_samples=0",
+        lambda f: flowprune.analyze(f.model, f.data, num_samples=0, progress=False),
+    ),
+    (
+        "data not iterable",
+        InputError,
+        "data must be",
+        lambda f: flowprune.analyze(f.model, 5, progress=False),
+    ),
+    (
+        "inputs as list",
+        InputError,
+        "is a list",
+        lambda f: flowprune.trace(f.model, [f.data[0]["input_ids"]]),
+    ),
+    (
+        "not a module",
+        InputError,
+        "torch.nn.Module",
+        lambda f: flowprune.trace(lambda x: x, torch.ones(1)),
+    ),
     # plans
     ("stale graph", PlanError, "changed since this graph was traced", _stale_graph),
     ("other model", PlanError, "made for a .* this is a", _other_model),
     ("applied twice", PlanError, "already applied", _twice),
-    ("missing module", PlanError, "'model.layers.9.mlp', which this model does not have", _missing_module_plan),
+    (
+        "missing module",
+        PlanError,
+        "'model.layers.9.mlp', which this model does not have",
+        _missing_module_plan,
+    ),
     ("half-bad plan", PlanError, "cannot delete 'model.norm'", _half_bad_plan),
-    ("fill without data", PlanError, "pass data=",
-     lambda f: flowprune.apply(f.model, f.graph.plan([f.ids("branch")[0]], fill="mean"))),
-    ("plan json", PlanError, "not a flowprune plan", lambda f: flowprune.Plan.from_json('{"removals": 1}')),
+    (
+        "fill without data",
+        PlanError,
+        "pass data=",
+        lambda f: flowprune.apply(f.model, f.graph.plan([f.ids("branch")[0]], fill="mean")),
+    ),
+    (
+        "plan json",
+        PlanError,
+        "not a flowprune plan",
+        lambda f: flowprune.Plan.from_json('{"removals": 1}'),
+    ),
     # saving and loading
-    ("save a plain module", InputError, "Hugging Face model", lambda f: flowprune.save_pretrained(Plain(), "x")),
+    (
+        "save a plain module",
+        InputError,
+        "Hugging Face model",
+        lambda f: flowprune.save_pretrained(Plain(), "x"),
+    ),
 ]
 
 
 def _snapshot(m: nn.Module) -> tuple:
-    return ({k: v.detach().clone() for k, v in m.state_dict().items()},
-            [(n, type(x).__name__, x.training, len(x._forward_hooks), len(x._forward_pre_hooks))
-             for n, x in m.named_modules()],
-            [(n, p.requires_grad) for n, p in m.named_parameters()])
+    return (
+        {k: v.detach().clone() for k, v in m.state_dict().items()},
+        [
+            (n, type(x).__name__, x.training, len(x._forward_hooks), len(x._forward_pre_hooks))
+            for n, x in m.named_modules()
+        ],
+        [(n, p.requires_grad) for n, p in m.named_parameters()],
+    )
 
 
 def _same(a: tuple, b: tuple) -> bool:
-    return (a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
-            and a[1] == b[1] and a[2] == b[2])
+    return (
+        a[0].keys() == b[0].keys()
+        and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+        and a[1] == b[1]
+        and a[2] == b[2]
+    )
 
 
 @pytest.mark.parametrize("name, error, match, call", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_error_and_changes_nothing(name, error, match, call):
     f = Fixture()
-    if name in ("report strategy", "report criterion", "report count", "report fill", "report restrict"):
+    if name in (
+        "report strategy",
+        "report criterion",
+        "report count",
+        "report fill",
+        "report restrict",
+    ):
         f.report  # analysed before the snapshot: only the failing call is under test
     before = _snapshot(f.model)
     with pytest.raises(error, match=match) as info:
@@ -237,7 +372,9 @@ def test_cli_refuses_before_any_work(argv, match, capsys, tmp_path):
     except SystemExit as e:  # argparse's own checks (types, choices)
         code = e.code
     err = capsys.readouterr().err.strip()
-    assert code == 2 and match in err and err.startswith("flowprune: error: ") and "\n" not in err, err
+    assert (
+        code == 2 and match in err and err.startswith("flowprune: error: ") and "\n" not in err
+    ), err
     assert not (tmp_path / "out").exists()  # nothing was written: refused before the work
 
 
@@ -257,8 +394,21 @@ def test_cli_out_that_is_a_file(tmp_path, capsys):
 def test_cli_lm_loss_on_an_encoder_is_refused_before_the_analysis(tmp_path, capsys):
     enc = ZOO["bert"].build()
     flowprune.save_pretrained(enc, tmp_path / "enc")
-    assert main(["prune", "--model", str(tmp_path / "enc"), "--loss", "lm", "--out", str(tmp_path / "o"),
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(tmp_path / "enc"),
+                "--loss",
+                "lm",
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--loss lm needs a causal LM" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -285,7 +435,9 @@ def test_a_pruned_model_never_offers_its_stubs():
     branch = g.candidates("branch")[0]
     small = flowprune.apply(m, g.plan([branch.id], fill="linear"), data=[x])
     again = flowprune.trace(small, x).candidates()
-    assert again and not any(c.path == branch.path or c.path.startswith(branch.path + ".") for c in again)
+    assert again and not any(
+        c.path == branch.path or c.path.startswith(branch.path + ".") for c in again
+    )
 
 
 def test_budget_json_roundtrip_keeps_validation():

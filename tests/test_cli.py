@@ -15,8 +15,25 @@ def test_shipped_model_is_there():
 
 def test_prune_writes_a_loadable_smaller_model(tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["prune", "--num-samples", "8", "--seq-len", "64", "--budget", "2", "--unit", "count",
-               "--fill", "mean", "--out", str(out), "--json", "--no-progress"])
+    rc = main(
+        [
+            "prune",
+            "--num-samples",
+            "8",
+            "--seq-len",
+            "64",
+            "--budget",
+            "2",
+            "--unit",
+            "count",
+            "--fill",
+            "mean",
+            "--out",
+            str(out),
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["params_after"] < res["params_before"] and res["heldout_ppl_after"] > 0
@@ -28,8 +45,22 @@ def test_prune_writes_a_loadable_smaller_model(tmp_path, capsys):
 
 
 def test_analyze_zoo_json_and_report(tmp_path, capsys):
-    assert main(["analyze", "--model", "zoo:llama", "--criteria", "flow,loss", "--out", str(tmp_path),
-                 "--json", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--model",
+                "zoo:llama",
+                "--criteria",
+                "flow,loss",
+                "--out",
+                str(tmp_path),
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rep = json.loads(capsys.readouterr().out)
     kinds = [c["kind"] for c in rep["candidates"]]
     assert kinds.count("branch") == 8 and kinds.count("layer") == 4
@@ -37,13 +68,16 @@ def test_analyze_zoo_json_and_report(tmp_path, capsys):
     assert "| rank | id |" in (tmp_path / "r.md").read_text()
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["analyze", "--model", "zoo:nope"], "unknown zoo model 'nope'"),
-    (["prune", "--model", "/no/such/dir"], "could not load model '/no/such/dir'"),
-    (["prune", "--data", "text:/no/such.txt"], "does not exist"),
-    (["prune", "--data", "wikitext2"], "python-docs"),
-    (["report", "/no/report.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["analyze", "--model", "zoo:nope"], "unknown zoo model 'nope'"),
+        (["prune", "--model", "/no/such/dir"], "could not load model '/no/such/dir'"),
+        (["prune", "--data", "text:/no/such.txt"], "does not exist"),
+        (["prune", "--data", "wikitext2"], "python-docs"),
+        (["report", "/no/report.json"], "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, match, capsys):
     assert main(argv + (["--no-progress"] if argv[0] != "report" else [])) == 2
     err = capsys.readouterr().err.strip()
@@ -59,13 +93,41 @@ def test_an_encoder_without_lm_logits_is_judged_by_similarity(tmp_path, capsys):
 
     tok = AutoTokenizer.from_pretrained(default_model())
     torch.manual_seed(0)
-    enc = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=64))
+    enc = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     enc.save_pretrained(tmp_path / "enc")
     tok.save_pretrained(tmp_path / "enc")
-    rc = main(["prune", "--model", str(tmp_path / "enc"), "--num-samples", "4", "--seq-len", "16", "--budget", "1",
-               "--unit", "count", "--criteria", "loss", "--curves", "0", "--out", str(tmp_path / "o"), "--json",
-               "--no-progress"])
+    rc = main(
+        [
+            "prune",
+            "--model",
+            str(tmp_path / "enc"),
+            "--num-samples",
+            "4",
+            "--seq-len",
+            "16",
+            "--budget",
+            "1",
+            "--unit",
+            "count",
+            "--criteria",
+            "loss",
+            "--curves",
+            "0",
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert "heldout_ppl_after" not in res and -1 <= res["heldout_similarity"] <= 1

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from flowprune.data.images import CIFAR_MEAN, CIFAR_STD, cifar10_local, digits32, image_classification
+from flowprune.data.images import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    cifar10_local,
+    digits32,
+    image_classification,
+)
 from flowprune.errors import InputError
 
 
@@ -53,4 +59,8 @@ def test_chooser_prefers_a_local_directory_and_falls_back_to_digits(tmp_path, mo
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.delenv("FLOWPRUNE_CIFAR10", raising=False)
     (tr, te, source) = image_classification(num_train=10)
-    assert source.startswith("scikit-learn digits") and "could not load cifar10" in source and tr[0].shape == (10, 3, 32, 32)
+    assert (
+        source.startswith("scikit-learn digits")
+        and "could not load cifar10" in source
+        and tr[0].shape == (10, 3, 32, 32)
+    )

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from support import Residual
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -18,7 +19,6 @@ from flowprune.report.tables import plans as plan_table
 from flowprune.rewrite.fill import fit_fills
 from flowprune.score.losses import distill_loss, takes_reference
 from flowprune.zoo import ZOO
-from support import Residual
 
 
 def n_params(m: nn.Module) -> int:
@@ -50,7 +50,11 @@ def test_linear_fill_on_a_conv_branch_is_a_1x1_conv_over_channels():
     with pytest.warns(UserWarning, match=r"fill='linear' adds .* grows the model by"):
         plan = g.plan([BRANCH], fill="linear")
     rep = plan.replacements[0]
-    assert rep.mode == "linear" and rep.shape == [C, C, 1]  # [in channels, out channels, channel dim]
+    assert rep.mode == "linear" and rep.shape == [
+        C,
+        C,
+        1,
+    ]  # [in channels, out channels, channel dim]
     small = flowprune.apply(m, plan, data=data)
     stub = small.layer1[0].bn2
     assert n_params(stub) == C * (C + 1)  # C_out * (C_in + 1)
@@ -63,7 +67,9 @@ def test_linear_fill_on_a_conv_branch_is_a_1x1_conv_over_channels():
         w, b = stub.linear.weight[:, :, None, None], stub.linear.bias
         with flowprune.Gates(g) as gates, gates.removed([BRANCH]):
             # registered after the gate's hook, so it runs on the gated (zero) output
-            hook = m.layer1[0].bn2.register_forward_hook(lambda mod, args, out: out + F.conv2d(args[0], w, b))
+            hook = m.layer1[0].bn2.register_forward_hook(
+                lambda mod, args, out: out + F.conv2d(args[0], w, b)
+            )
             try:
                 ref = m(y)
             finally:
@@ -82,7 +88,9 @@ def test_mean_fill_on_a_conv_branch_is_per_channel():
     small = flowprune.apply(m, plan, data=data)
     assert n_params(m) - n_params(small) == plan.params_removed > 0
     seen = []
-    hook = m.layer1[0].bn2.register_forward_hook(lambda mod, args, out: seen.append(out.clone()))  # `out += identity` follows
+    hook = m.layer1[0].bn2.register_forward_hook(
+        lambda mod, args, out: seen.append(out.clone())
+    )  # `out += identity` follows
     with torch.no_grad():
         for b in data:
             m(b)
@@ -102,7 +110,9 @@ class _Conv1dResidual(nn.Module):
         return x + self.f(x)
 
 
-@pytest.mark.parametrize("model, shape, dim", [(Residual(4), (8, 5, 4), -1), (_Conv1dResidual(), (8, 4, 5), 1)])
+@pytest.mark.parametrize(
+    "model, shape, dim", [(Residual(4), (8, 5, 4), -1), (_Conv1dResidual(), (8, 4, 5), 1)]
+)
 def test_linear_fill_channel_dim_follows_the_module_type(model, shape, dim):
     torch.manual_seed(0)
     data = [torch.randn(*shape) for _ in range(2)]
@@ -111,13 +121,19 @@ def test_linear_fill_channel_dim_follows_the_module_type(model, shape, dim):
     plan = g.plan([f"{name}:branch"], fill="linear")
     assert plan.replacements[0].shape == [4, 4, dim]
     small = flowprune.apply(model, plan, data=data)
-    assert n_params(model) - n_params(small) == plan.params_removed == 0  # 4×4 + 4 replaced by 4×4 + 4
+    assert (
+        n_params(model) - n_params(small) == plan.params_removed == 0
+    )  # 4×4 + 4 replaced by 4×4 + 4
     x = torch.randn(3, *shape[1:])
     with torch.no_grad():
-        assert torch.allclose(small(x), model(x), atol=1e-5)  # the branch is linear: the fit is exact
+        assert torch.allclose(
+            small(x), model(x), atol=1e-5
+        )  # the branch is linear: the fit is exact
 
 
-@pytest.mark.parametrize("name, dim", [("hf_convnext", -1), ("mobilenetv2", 1), ("lstm_classifier", -1), ("gpt2", -1)])
+@pytest.mark.parametrize(
+    "name, dim", [("hf_convnext", -1), ("mobilenetv2", 1), ("lstm_classifier", -1), ("gpt2", -1)]
+)
 def test_linear_fill_parameters_are_counted_exactly(name, dim):
     """ConvNeXt's pwconv2 is a Linear on [B, H, W, C] (channels last by module type); MobileNetV2 a conv
     block; an LSTM and GPT-2's attention map [B, T, D].  The plan's count is the rewrite's drop."""
@@ -168,10 +184,13 @@ class _Strided(nn.Module):
         return x + self.up(self.conv(x))
 
 
-@pytest.mark.parametrize("model, x, cid, why", [
-    (_Ambiguous(), torch.randn(2, 4, 6), "f:branch", "channel dim cannot be told"),
-    (_Strided(), torch.randn(2, 4, 8, 8), "up:branch", "differ"),
-])
+@pytest.mark.parametrize(
+    "model, x, cid, why",
+    [
+        (_Ambiguous(), torch.randn(2, 4, 6), "f:branch", "channel dim cannot be told"),
+        (_Strided(), torch.randn(2, 4, 8, 8), "up:branch", "differ"),
+    ],
+)
 def test_linear_fill_refuses_layouts_it_cannot_map(model, x, cid, why):
     g = flowprune.trace(model, x)
     with pytest.raises(flowprune.PlanError, match=rf"{cid}.*{why}.*fill='mean'"):
@@ -195,15 +214,32 @@ def test_fills_reject_non_finite_statistics(fill):
 
 
 def test_signed_changes_in_plans_and_tables():
-    assert [signed(1234), signed(-1234), signed(94, 1000), signed(-94, 1000)] == ["-1,234", "+1,234", "-9.4%", "+9.4%"]
-    d = {"total_params": 1000, "total_flops": 100, "plans": [
-        {"strategy": "greedy", "criterion": "loss", "fill": "linear", "removals": ["a"], "params_removed": -94,
-         "flops_removed": 5}]}
+    assert [signed(1234), signed(-1234), signed(94, 1000), signed(-94, 1000)] == [
+        "-1,234",
+        "+1,234",
+        "-9.4%",
+        "+9.4%",
+    ]
+    d = {
+        "total_params": 1000,
+        "total_flops": 100,
+        "plans": [
+            {
+                "strategy": "greedy",
+                "criterion": "loss",
+                "fill": "linear",
+                "removals": ["a"],
+                "params_removed": -94,
+                "flops_removed": 5,
+            }
+        ],
+    }
     row = plan_table(d)[1][0]
     assert row[4] == "1,000 → 1,094 (+9.4%)" and row[5] == "100 → 95 (−5.0%)"
 
 
 # -- losses -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mask", [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
 @pytest.mark.parametrize("kind", ["hidden", "logits"])
@@ -213,11 +249,20 @@ def test_distill_ignores_padded_tokens(kind, mask):
     keep = torch.tensor(mask, dtype=torch.bool)
     h[1, ~keep] = 1e4 * torch.randn(int((~keep).sum()), 8, generator=gen)  # garbage at the padding
     wrap = (lambda t: BaseModelOutput(last_hidden_state=t)) if kind == "hidden" else (lambda t: t)
-    batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1] * 5, mask])}
+    batch = {
+        "input_ids": torch.zeros(2, 5, dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * 5, mask]),
+    }
     got = distill_loss(wrap(h), batch, wrap(h_ref))
     assert got.shape == (2,)
-    alone = [distill_loss(wrap(h[i:i + 1, k]), {"input_ids": torch.zeros(1, int(k.sum()), dtype=torch.long)},
-                          wrap(h_ref[i:i + 1, k]))[0] for i, k in enumerate([torch.ones(5, dtype=torch.bool), keep])]
+    alone = [
+        distill_loss(
+            wrap(h[i : i + 1, k]),
+            {"input_ids": torch.zeros(1, int(k.sum()), dtype=torch.long)},
+            wrap(h_ref[i : i + 1, k]),
+        )[0]
+        for i, k in enumerate([torch.ones(5, dtype=torch.bool), keep])
+    ]
     assert torch.allclose(got, torch.stack(alone), atol=1e-6, rtol=0)
 
 
@@ -244,8 +289,16 @@ def embedding_loss(out, batch, reference):
     """1 − cos of mask-aware mean-pooled sentence embeddings to the original model's."""
     assert not reference.last_hidden_state.requires_grad  # gradients flow through `out` only
     mask = batch["attention_mask"][..., None].float()  # [B, T, 1]
-    pool = lambda h: (h * mask).sum(1) / mask.sum(1).clamp_min(1)  # [B, T, D] -> [B, D]
-    return (1 - torch.cosine_similarity(pool(out.last_hidden_state), pool(reference.last_hidden_state), dim=-1)).mean()
+
+    def pool(h):
+        return (h * mask).sum(1) / mask.sum(1).clamp_min(1)  # [B, T, D] -> [B, D]
+
+    return (
+        1
+        - torch.cosine_similarity(
+            pool(out.last_hidden_state), pool(reference.last_hidden_state), dim=-1
+        )
+    ).mean()
 
 
 def test_takes_reference_reads_the_signature():
@@ -271,18 +324,36 @@ def test_takes_reference_reads_the_signature():
 def test_a_loss_taking_the_reference_drives_ablation_taylor_and_greedy_on_an_encoder():
     m = ZOO["bert"].build().eval()
     data = _bert_batches(0)
-    rep = flowprune.analyze(m, data, loss=embedding_loss, criteria=("loss", "taylor2"), progress=False)
+    rep = flowprune.analyze(
+        m, data, loss=embedding_loss, criteria=("loss", "taylor2"), progress=False
+    )
     assert abs(rep.base_loss) < 1e-6  # α = 1: the output is the reference
     assert all(r["loss"] > 0 for r in rep.candidates)  # removing anything moves the embeddings
     assert all(math.isfinite(r["taylor2"]) for r in rep.candidates)
     plan = rep.plan(Budget(count=1), strategy="greedy")
     best = min(rep.candidates, key=lambda r: r["loss"])
-    assert plan.paths == [best["path"]] and rep.plans[-1]["measured"] == pytest.approx(best["loss"], abs=1e-6)
+    assert plan.paths == [best["path"]] and rep.plans[-1]["measured"] == pytest.approx(
+        best["loss"], abs=1e-6
+    )
     # keyword form, and a 3-argument callable that is the built-in distill: the reference is the original output
-    kw = flowprune.analyze(m, data, loss=lambda out, batch, *, reference: embedding_loss(out, batch, reference),
-                           criteria=("loss",), progress=False)
-    assert [r["loss"] for r in kw.candidates] == pytest.approx([r["loss"] for r in rep.candidates], abs=1e-7)
-    same = flowprune.analyze(m, data, loss=lambda out, batch, ref: distill_loss(out, batch, ref).mean(),
-                             criteria=("loss",), progress=False)
+    kw = flowprune.analyze(
+        m,
+        data,
+        loss=lambda out, batch, *, reference: embedding_loss(out, batch, reference),
+        criteria=("loss",),
+        progress=False,
+    )
+    assert [r["loss"] for r in kw.candidates] == pytest.approx(
+        [r["loss"] for r in rep.candidates], abs=1e-7
+    )
+    same = flowprune.analyze(
+        m,
+        data,
+        loss=lambda out, batch, ref: distill_loss(out, batch, ref).mean(),
+        criteria=("loss",),
+        progress=False,
+    )
     builtin = flowprune.analyze(m, data, loss="distill", criteria=("loss",), progress=False)
-    assert [r["loss"] for r in same.candidates] == pytest.approx([r["loss"] for r in builtin.candidates], abs=1e-6)
+    assert [r["loss"] for r in same.candidates] == pytest.approx(
+        [r["loss"] for r in builtin.candidates], abs=1e-6
+    )

@@ -2,7 +2,6 @@
 every rewrite equals the gated model, every parameter drop equals the prediction.  Plus the failures
 the fuzzer found, as fixed regressions or as strict xfails until they are fixed."""
 
-import pytest
 import torch
 
 from flowprune.graph.trace import call_model
@@ -14,7 +13,12 @@ BAD = ("crash", "wrong", "params", "modified", "invalid")
 
 
 def _failures(outcomes):
-    return [(f.category, f.detail, f.ids, o.spec) for o in outcomes for f in o.failures if f.category in BAD]
+    return [
+        (f.category, f.detail, f.ids, o.spec)
+        for o in outcomes
+        for f in o.failures
+        if f.category in BAD
+    ]
 
 
 def test_fuzz_random_architectures():
@@ -34,8 +38,14 @@ def test_fuzz_with_another_seed():
 def test_every_spec_builds_and_tame_removes_input_writes():
     from hypothesis import HealthCheck, Phase, given, settings
 
-    @settings(max_examples=100, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=100,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(spec=net_specs())
     def one(spec):
         model, x = build(spec)

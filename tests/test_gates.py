@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from support import Biased, Parallel, Residual, Stack
 
 import flowprune
-from support import Biased, Parallel, Residual, Stack
 
 X = torch.randn(3, 4)
 

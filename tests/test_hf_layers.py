@@ -9,8 +9,23 @@ from flowprune._tree import tensor_leaves
 from flowprune.graph.trace import call_model
 from flowprune.zoo import ZOO
 
-HF_STACKS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2", "opt", "gpt_neox",
-             "falcon", "bert", "roberta", "distilbert", "hf_vit"]
+HF_STACKS = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "gpt2",
+    "opt",
+    "gpt_neox",
+    "falcon",
+    "bert",
+    "roberta",
+    "distilbert",
+    "hf_vit",
+]
 
 
 def _gated(graph, ids):
@@ -28,7 +43,7 @@ def test_llama_acceptance(tmp_path):
     ref = _gated(graph, ids)
     small = flowprune.apply(model, graph.plan(ids))
     assert len(small.model.layers) == 2 and small.config.num_hidden_layers == 2
-    assert [l.self_attn.layer_idx for l in small.model.layers] == [0, 1]
+    assert [lay.self_attn.layer_idx for lay in small.model.layers] == [0, 1]
     assert model.config.num_hidden_layers == 4  # the original's config is not shared with the copy
     small.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -53,7 +68,9 @@ def test_deleted_layer_round_trips(name, tmp_path):
         assert list(types) == list(model.config.layer_types)[1:]
     small.save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path).eval()
-    assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in small.parameters())
+    assert sum(p.numel() for p in reloaded.parameters()) == sum(
+        p.numel() for p in small.parameters()
+    )
     with torch.no_grad():
         out = tensor_leaves(call_model(reloaded, x))[0]
     assert torch.allclose(out, ref, atol=1e-5)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from support import Residual
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import flowprune
@@ -12,7 +13,6 @@ from flowprune import Budget
 from flowprune.data import python_docs, python_docs_text, wikitext
 from flowprune.score import perplexity
 from flowprune.zoo import ZOO
-from support import Residual
 
 
 def byte_tokenizer(text):
@@ -49,7 +49,9 @@ def test_linear_fill_recovers_a_linear_branch_and_mean_fill_its_mean():
     lin = flowprune.apply(m, g.plan(["fc:branch"], fill="linear"), data=data)
     x = torch.randn(5, 4)
     with torch.no_grad():
-        assert torch.allclose(lin(x), m(x), atol=1e-5)  # the branch is linear: least squares is exact
+        assert torch.allclose(
+            lin(x), m(x), atol=1e-5
+        )  # the branch is linear: least squares is exact
         mean = flowprune.apply(m, g.plan(["fc:branch"], fill="mean"), data=data)
         z = m.fc(torch.cat(data)).mean(0)
         assert torch.allclose(mean(x), x + z, atol=1e-5)
@@ -66,7 +68,9 @@ def test_sublayer_plans_round_trip(fill, tmp_path):
     ids = ["model.layers.0.self_attn:branch", "model.layers.1:layer", "model.layers.3.mlp:branch"]
     small = flowprune.apply(m, g.plan(ids, fill=fill), data=data)
     flowprune.save_pretrained(m, tmp_path / "m")
-    flowprune.save_pretrained(small, tmp_path / "m", overwrite=True)  # a flowprune folder is replaced whole
+    flowprune.save_pretrained(
+        small, tmp_path / "m", overwrite=True
+    )  # a flowprune folder is replaced whole
     assert (tmp_path / "m" / "flowprune.json").exists() and not list(tmp_path.glob(".m*"))
     back = flowprune.load_pretrained(tmp_path / "m")
     with torch.no_grad():
@@ -74,14 +78,19 @@ def test_sublayer_plans_round_trip(fill, tmp_path):
     assert sum(p.numel() for p in back.parameters()) == sum(p.numel() for p in small.parameters())
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma2", "phi3", "gpt2", "opt", "gpt_neox", "falcon"])
+@pytest.mark.parametrize(
+    "name", ["llama", "qwen2", "gemma2", "phi3", "gpt2", "opt", "gpt_neox", "falcon"]
+)
 def test_generate_after_pruning_matches_the_gated_model(name):
     e = ZOO[name]
     m = e.build()
     g = flowprune.trace(m, e.inputs())
     branches = [c.id for c in g.candidates("branch")]
     layers = [c.id for c in g.candidates("layer")]
-    ids = [branches[0], layers[1]]  # the first attention (its KV-cache slot) and a middle layer (renumbering)
+    ids = [
+        branches[0],
+        layers[1],
+    ]  # the first attention (its KV-cache slot) and a middle layer (renumbering)
     small = flowprune.apply(m, g.plan(ids))
     prompt = e.inputs()["input_ids"][:1, :5]
     kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -93,14 +102,21 @@ def test_generate_after_pruning_matches_the_gated_model(name):
 def _trained_tiny_llama(steps=250, seed=0):
     torch.manual_seed(seed)
     ids = torch.tensor(byte_tokenizer(python_docs_text("train"))["input_ids"])
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     m = LlamaForCausalLM(cfg)
     opt = torch.optim.AdamW(m.parameters(), lr=4e-3)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         s = torch.randint(0, len(ids) - 65, (16,), generator=gen)
-        x = torch.stack([ids[i:i + 64] for i in s.tolist()])
+        x = torch.stack([ids[i : i + 64] for i in s.tolist()])
         loss = m(input_ids=x, labels=x, use_cache=False).loss
         opt.zero_grad()
         loss.backward()
@@ -123,10 +139,16 @@ def test_acceptance_greedy_loss_beats_shortgpt_and_random_on_trained_llamas():
     ppl = {k: 0.0 for k in dl}
     for seed in range(3):
         m = _trained_tiny_llama(seed=seed)
-        report = flowprune.analyze(m, calib, criteria=("flow", "loss"), progress=False).restrict("branch")
+        report = flowprune.analyze(m, calib, criteria=("flow", "loss"), progress=False).restrict(
+            "branch"
+        )
         one = {}
-        for name, crit, strat in (("greedy", "loss", "greedy"), ("one_shot", "loss", "one_shot"),
-                                  ("shortgpt", "shortgpt", "one_shot"), ("random", "random", "one_shot")):
+        for name, crit, strat in (
+            ("greedy", "loss", "greedy"),
+            ("one_shot", "loss", "one_shot"),
+            ("shortgpt", "shortgpt", "one_shot"),
+            ("random", "random", "one_shot"),
+        ):
             small = flowprune.apply(m, report.plan(budget, criterion=crit, strategy=strat))
             one[name] = report.measure_model(small)
             dl[name] += one[name]
@@ -139,12 +161,16 @@ def test_acceptance_greedy_loss_beats_shortgpt_and_random_on_trained_llamas():
 
 def test_bfloat16_model_end_to_end():
     m = ZOO["llama"].build().to(torch.bfloat16)
-    data = [{"input_ids": torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))}]
+    data = [
+        {"input_ids": torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))}
+    ]
     rep = flowprune.analyze(m, data, criteria=("flow", "loss", "taylor2"), progress=False)
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["taylor2"]) for r in rep.candidates)
     small = flowprune.apply(m, rep.plan(Budget(count=2), fill="linear"), data=data)
     with torch.no_grad():
         out = small(**data[0]).logits
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    zero = flowprune.apply(m, rep.plan(Budget(count=2)))  # zero fill: the rewrite is what the gates measured
+    zero = flowprune.apply(
+        m, rep.plan(Budget(count=2))
+    )  # zero fill: the rewrite is what the gates measured
     assert rep.measure_model(zero) == pytest.approx(rep.plans[-1]["measured"], abs=1e-6)

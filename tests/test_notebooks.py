@@ -19,7 +19,9 @@ def _run(name: str, cwd: Path) -> nbformat.NotebookNode:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits them: only the offline fallbacks are exercised
     try:
-        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+        NotebookClient(
+            nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+        ).execute()
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -36,12 +38,23 @@ def _outputs(nb) -> tuple[str, int]:
     return "\n".join(text), images
 
 
-@pytest.mark.parametrize("name, says, files, min_images", [
-    ("wikitext_layer_pruning.ipynb", "falling back to CPython's documentation",
-     ["wikitext_report.html", "wikitext_report.md", "wikitext_report.json"], 3),
-    ("cifar_block_pruning.ipynb", "scikit-learn digits upscaled to 32×32",
-     ["cifar_report.html", "cifar_report.md", "cifar_report.json"], 2),
-])
+@pytest.mark.parametrize(
+    "name, says, files, min_images",
+    [
+        (
+            "wikitext_layer_pruning.ipynb",
+            "falling back to CPython's documentation",
+            ["wikitext_report.html", "wikitext_report.md", "wikitext_report.json"],
+            3,
+        ),
+        (
+            "cifar_block_pruning.ipynb",
+            "scikit-learn digits upscaled to 32×32",
+            ["cifar_report.html", "cifar_report.md", "cifar_report.json"],
+            2,
+        ),
+    ],
+)
 def test_notebook_runs_offline_and_draws(name, says, files, min_images, tmp_path):
     nb = _run(name, tmp_path)
     text, images = _outputs(nb)

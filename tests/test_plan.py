@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from support import Stack
 
 import flowprune
 from flowprune.plan import Replacement
-from support import Stack
 
 X = torch.randn(3, 4)
 
@@ -43,10 +43,15 @@ def test_apply_removes_exactly_the_planned_parameters_and_matches_the_gates():
     small = flowprune.apply(m, plan)
     with torch.no_grad():
         assert torch.allclose(small(X), ref, atol=1e-6)
-    n = lambda mod: sum(p.numel() for p in mod.parameters())
+
+    def n(mod):
+        return sum(p.numel() for p in mod.parameters())
+
     assert n(m) - n(small) == plan.params_removed == sum(r.params for r in plan.removals)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # argument untouched
-    assert isinstance(small.blocks[2], flowprune.rewrite.Removed) and isinstance(m.blocks[2], torch.nn.Module)
+    assert isinstance(small.blocks[2], flowprune.rewrite.Removed) and isinstance(
+        m.blocks[2], torch.nn.Module
+    )
     # in place variant
     same = flowprune.apply_(m, plan)
     assert same is m and n(m) == n(small)
@@ -56,14 +61,18 @@ def test_plan_for_another_model_is_refused():
     m, g = _graph()
     plan = g.plan(["blocks.1:layer"])
     other = Stack(n=2)
-    with pytest.raises(flowprune.PlanError, match=r"made for a Stack with .* parameters.*Trace this model"):
+    with pytest.raises(
+        flowprune.PlanError, match=r"made for a Stack with .* parameters.*Trace this model"
+    ):
         flowprune.apply(other, plan)
 
 
 def test_plan_naming_a_missing_module_is_refused():
     m, g = _graph()
     plan = g.plan(["blocks.1:layer"])
-    bad = dataclasses.replace(plan, replacements=(Replacement("blocks.7", "identity", {"t": "input"}),))
+    bad = dataclasses.replace(
+        plan, replacements=(Replacement("blocks.7", "identity", {"t": "input"}),)
+    )
     with pytest.raises(flowprune.PlanError, match=r"'blocks.7'.*does not have.*close: \['blocks"):
         flowprune.apply(m, bad)
 

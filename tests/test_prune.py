@@ -51,10 +51,17 @@ def test_quadratic_finds_the_best_predicted_set_and_measures_it(report):
     for k in (2, 3):
         plan = report.plan(Budget(count=k), strategy="quadratic")
         ids = [r.id for r in plan.removals]
-        assert not any(_overlap(a, b) for a, b in itertools.combinations(ids, 2))  # no layer + its branch
-        best = min(report.predict(list(c)) for c in itertools.combinations(ids_all, k)
-                   if not any(_overlap(a, b) for a, b in itertools.combinations(c, 2)))
-        assert report.predict(ids) == pytest.approx(best, abs=1e-12)  # brute force over all valid sets
+        assert not any(
+            _overlap(a, b) for a, b in itertools.combinations(ids, 2)
+        )  # no layer + its branch
+        best = min(
+            report.predict(list(c))
+            for c in itertools.combinations(ids_all, k)
+            if not any(_overlap(a, b) for a, b in itertools.combinations(c, 2))
+        )
+        assert report.predict(ids) == pytest.approx(
+            best, abs=1e-12
+        )  # brute force over all valid sets
         rec = report.plans[-1]
         assert rec["predicted"] == pytest.approx(best)
         assert rec["measured"] == pytest.approx(report.measure(ids), abs=1e-9)
@@ -76,28 +83,36 @@ def test_classifier_with_labels_dataloader_and_ce():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 3, 32, 32, generator=gen), torch.randint(0, 10, (12,), generator=gen)
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
-    rep = flowprune.analyze(model, loader, loss="ce", criteria=("loss",), num_samples=10, progress=False)
+    rep = flowprune.analyze(
+        model, loader, loss="ce", criteria=("loss",), num_samples=10, progress=False
+    )
     assert rep.data["num_samples"] == 10
     with torch.no_grad():
         logits = model(x[:10])
-    assert rep.base_loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y[:10])), rel=1e-5)
+    assert rep.base_loss == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, y[:10])), rel=1e-5
+    )
     assert rep.fidelity["spvr"]["spearman"] > 0
 
 
 def test_datasets_dataset_with_lm_loss():
     datasets = pytest.importorskip("datasets")
     gen = torch.Generator().manual_seed(0)
-    ds = datasets.Dataset.from_dict({"input_ids": torch.randint(0, 128, (6, 10), generator=gen).tolist(),
-                                     "text": ["x"] * 6})
+    ds = datasets.Dataset.from_dict(
+        {"input_ids": torch.randint(0, 128, (6, 10), generator=gen).tolist(), "text": ["x"] * 6}
+    )
     rep = flowprune.analyze(ZOO["gpt2"].build(), ds, loss="lm", criteria=("loss",), progress=False)
     assert rep.data["num_samples"] == 6 and rep.base_loss > 0
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(), "exactly one"),
-    (dict(count=1, params=0.1), "exactly one"),
-    (dict(params=25), r"fraction in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(), "exactly one"),
+        (dict(count=1, params=0.1), "exactly one"),
+        (dict(params=25), r"fraction in \(0, 1\]"),
+    ],
+)
 def test_bad_budgets(bad, match):
     with pytest.raises(flowprune.InputError, match=match):
         Budget(**bad)
@@ -120,7 +135,9 @@ def test_model_without_candidates_and_tokenizer_style_batches():
     plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     rep = flowprune.analyze(plain, [torch.randn(5, 4)], progress=False)
     assert rep.candidates == [] and rep.data["g"] == []
-    batch = BatchEncoding({"input_ids": torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))})
+    batch = BatchEncoding(
+        {"input_ids": torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))}
+    )
     rep = flowprune.analyze(ZOO["gpt2"].build(), [batch], criteria=("loss",), progress=False)
     assert len(rep.candidates) == 6
 
@@ -128,14 +145,20 @@ def test_model_without_candidates_and_tokenizer_style_batches():
 def test_analyze_leaves_the_model_as_it_was():
     model = ZOO["resnet_basic"].build().train()
     model.layer1[0].conv1.weight.requires_grad_(False)
-    hooks = {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()}
+    hooks = {
+        n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()
+    }
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    rep = flowprune.analyze(model, [x], criteria=("flow", "loss", "taylor2", "fisher"), progress=False)
+    rep = flowprune.analyze(
+        model, [x], criteria=("flow", "loss", "taylor2", "fisher"), progress=False
+    )
     rep.plan(Budget(count=2), strategy="greedy")
     assert all(m.training for m in model.modules())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
-    assert {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()} == hooks
+    assert {
+        n: (dict(m._forward_hooks), dict(m._forward_pre_hooks)) for n, m in model.named_modules()
+    } == hooks
     assert all("forward" not in vars(m) for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

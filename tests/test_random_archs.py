@@ -45,8 +45,12 @@ class Par(nn.Module):
     def __init__(self, d: int, act: bool):
         super().__init__()
         self.norm = nn.LayerNorm(d)
-        self.f, self.g = nn.Linear(d, d), nn.Sequential(nn.Linear(d, 2 * d), nn.GELU() if act else nn.Identity(),
-                                                        nn.Linear(2 * d, d))
+        self.f, self.g = (
+            nn.Linear(d, d),
+            nn.Sequential(
+                nn.Linear(d, 2 * d), nn.GELU() if act else nn.Identity(), nn.Linear(2 * d, d)
+            ),
+        )
 
     def forward(self, x):
         h = self.norm(x)
@@ -101,7 +105,9 @@ class Net(nn.Module):
         return x
 
 
-block = st.tuples(st.sampled_from(["res", "dense", "plain", "par", "tup"]), st.integers(2, 5), st.booleans())
+block = st.tuples(
+    st.sampled_from(["res", "dense", "plain", "par", "tup"]), st.integers(2, 5), st.booleans()
+)
 
 
 @settings(max_examples=25, deadline=None)
@@ -121,7 +127,11 @@ def test_random_stack(spec, d0, data):
     kinds = [c.kind for c in g.candidates()]
     assert kinds.count("branch") == n["res"] + n["dense"] + 2 * n["par"] + n["tup"]
     assert kinds.count("layer") == n["res"] + n["par"] + n["tup"] + same
-    ids = data.draw(st.lists(st.sampled_from([c.id for c in g.candidates()]), unique=True)) if kinds else []
+    ids = (
+        data.draw(st.lists(st.sampled_from([c.id for c in g.candidates()]), unique=True))
+        if kinds
+        else []
+    )
     with flowprune.Gates(g) as gates, gates.removed(ids), torch.no_grad():
         ref = net(x)
     plan = g.plan(ids)

@@ -28,8 +28,14 @@ def cheapest_first(p: Problem) -> list[str]:
 
 @pytest.fixture
 def registered(monkeypatch):
-    monkeypatch.setitem(ANALYSES, "snip", Analysis("snip", run_snip, "|∂L/∂α| at α = 1", {"snip": "SNIP"}))
-    monkeypatch.setitem(STRATEGIES, "cheapest_first", Strategy("cheapest_first", cheapest_first, "scores", "small first"))
+    monkeypatch.setitem(
+        ANALYSES, "snip", Analysis("snip", run_snip, "|∂L/∂α| at α = 1", {"snip": "SNIP"})
+    )
+    monkeypatch.setitem(
+        STRATEGIES,
+        "cheapest_first",
+        Strategy("cheapest_first", cheapest_first, "scores", "small first"),
+    )
 
 
 def _data():
@@ -44,7 +50,9 @@ def test_an_added_criterion_and_strategy_reach_every_consumer(registered):
     assert "SNIP" in rep.to_markdown()
     plan = rep.plan(Budget(count=2), criterion="snip", strategy="cheapest_first")
     smallest = sorted(rep.candidates, key=lambda r: r["params"])
-    assert len(plan.removals) == 2 and {r.params for r in plan.removals} <= {r["params"] for r in smallest[:3]}
+    assert len(plan.removals) == 2 and {r.params for r in plan.removals} <= {
+        r["params"] for r in smallest[:3]
+    }
     assert rep.plans[-1].strategy == "cheapest_first" and rep.plans[-1].plan == plan
     with pytest.raises(InputError, match="unknown strategy 'nope'"):
         rep.plan(1, strategy="nope")
@@ -57,7 +65,11 @@ def test_the_matrix_preference_is_explicit():
     assert MATRIX_PREFERENCE.index("fisher") < MATRIX_PREFERENCE.index("taylor2_diag")
     assert rep.data.hessian_kind == "fisher"
     H = rep.hessian
-    assert H is not None and H.shape[0] == len(rep.candidates) and (H - torch.diag(H.diagonal())).abs().sum() > 0
+    assert (
+        H is not None
+        and H.shape[0] == len(rep.candidates)
+        and (H - torch.diag(H.diagonal())).abs().sum() > 0
+    )
 
 
 def test_every_criterion_has_an_analysis_and_a_description():

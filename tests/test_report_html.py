@@ -7,12 +7,12 @@ import re
 
 import pytest
 import torch
+from support import Residual
 
 import flowprune
 import flowprune.zoo
 from flowprune.cli import main
 from flowprune.report.tables import agreement_matrix
-from support import Residual
 
 FIGURES = ("fig-graph", "fig-bars", "fig-agreement", "fig-curves")
 
@@ -31,24 +31,37 @@ def test_graph_edge_flow_is_the_energy_share_and_sums_to_one_at_the_output():
     fc = next(n["id"] for n in g["nodes"] if n["path"] == "fc")
     add = next(n["id"] for n in g["nodes"] if n["kind"] == "add")
     edge = {(u, v): f for u, v, f in g["edges"]}
-    assert edge[(fc, add)] == pytest.approx(share, rel=1e-5) == pytest.approx(rep.candidates[0]["flow"], rel=1e-5)
+    assert (
+        edge[(fc, add)]
+        == pytest.approx(share, rel=1e-5)
+        == pytest.approx(rep.candidates[0]["flow"], rel=1e-5)
+    )
     assert {n["id"]: n["candidate"] for n in g["nodes"]}[fc] == "fc:branch"
 
 
 def test_loss_curves_start_at_zero_and_follow_the_exact_ablation(pruned_report):
     report, _ = pruned_report
     curves = {(c["strategy"], c["criterion"]): c for c in report.data["curves"]}
-    assert {("one_shot", "loss"), ("one_shot", "flow"), ("quadratic", "taylor2"), ("greedy", "loss")} <= set(curves)
+    assert {
+        ("one_shot", "loss"),
+        ("one_shot", "flow"),
+        ("quadratic", "taylor2"),
+        ("greedy", "loss"),
+    } <= set(curves)
     best = min(r["loss"] for r in report.candidates)
     for c in curves.values():
         assert c["k"][0] == 0 and c["loss"][0] == 0.0 and c["params_removed"][0] == 0
         assert len(c["k"]) == len(c["loss"]) == len(c["removals"]) + 1 == 5
     for key in (("one_shot", "loss"), ("greedy", "loss")):
-        assert curves[key]["loss"][1] == pytest.approx(best, abs=1e-6)  # the single cheapest removal
+        assert curves[key]["loss"][1] == pytest.approx(
+            best, abs=1e-6
+        )  # the single cheapest removal
         p = curves[key]["params_removed"]
         assert all(a <= b for a, b in zip(p, p[1:]))  # nested sets
     g = curves[("greedy", "loss")]
-    assert g["loss"][2] <= curves[("one_shot", "loss")]["loss"][2] + 1e-6  # exact re-scoring never loses at k = 2
+    assert (
+        g["loss"][2] <= curves[("one_shot", "loss")]["loss"][2] + 1e-6
+    )  # exact re-scoring never loses at k = 2
     with pytest.raises(flowprune.InputError, match="unknown strategy"):
         report.loss_curves(2, strategies=("sideways",))
 
@@ -58,7 +71,9 @@ def test_prune_records_latency_before_and_after(pruned_report):
     lat = report.plans[0]["latency"]
     assert lat["before"] > 0 and lat["after"] > 0 and lat["batch"] == 2
     n = len(report.plans)
-    report.plan(flowprune.Budget(count=1), latency=True)  # a plan made from the report: timed on request
+    report.plan(
+        flowprune.Budget(count=1), latency=True
+    )  # a plan made from the report: timed on request
     assert len(report.plans) == n + 1 and report.plans[-1]["latency"]["after"] > 0
     del report.plans[n:]  # the shared report keeps its single plan
     with pytest.raises(flowprune.PlanError, match="read from JSON"):
@@ -66,8 +81,12 @@ def test_prune_records_latency_before_and_after(pruned_report):
 
 
 def _figures(page: str) -> dict[str, str]:
-    return {m.group(1): base64.b64decode(m.group(2)).decode()
-            for m in re.finditer(r'<img class="figure" id="([\w-]+)"[^>]*src="data:image/svg\+xml;base64,([^"]+)"', page)}
+    return {
+        m.group(1): base64.b64decode(m.group(2)).decode()
+        for m in re.finditer(
+            r'<img class="figure" id="([\w-]+)"[^>]*src="data:image/svg\+xml;base64,([^"]+)"', page
+        )
+    }
 
 
 def test_html_is_self_contained_with_every_figure(pruned_report):
@@ -100,8 +119,13 @@ def test_flow_graph_names_the_layers_under_their_vertices(pruned_report):
 def test_markdown_has_the_same_tables(pruned_report):
     report, path = pruned_report
     md = report.to_markdown()
-    for title in ("## Plans", "## Candidates", "## Agreement with the exact loss change",
-                  "## Agreement between criteria (Spearman)", "## Loss against number of removals"):
+    for title in (
+        "## Plans",
+        "## Candidates",
+        "## Agreement with the exact loss change",
+        "## Agreement between criteria (Spearman)",
+        "## Loss against number of removals",
+    ):
         assert title in md, title
     page = path.read_text()
     c = report.data["curves"][0]
@@ -123,8 +147,22 @@ def test_agreement_matrix_is_symmetric_with_unit_diagonal(pruned_report):
 def test_report_command_writes_html_and_markdown_and_json(pruned_report, tmp_path, capsys):
     report, _ = pruned_report
     report.to_json(tmp_path / "r.json")
-    assert main(["report", str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html"), "--md",
-                 str(tmp_path / "r.md"), "--criterion", "flow", "--json"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "r.json"),
+                "--html",
+                str(tmp_path / "r.html"),
+                "--md",
+                str(tmp_path / "r.md"),
+                "--criterion",
+                "flow",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["written"] == {"html": str(tmp_path / "r.html"), "md": str(tmp_path / "r.md")}
     assert out["curves"] == json.loads(report.to_json())["curves"]
@@ -135,14 +173,22 @@ def test_report_command_writes_html_and_markdown_and_json(pruned_report, tmp_pat
     assert "--criterion fisher: this report has" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "r.md")]) == 2  # not JSON
     assert "is not a flowprune report" in capsys.readouterr().err
-    bad = {"plan.json": '{"removals": []}', "thin.json": '{"candidates": [], "criteria": [], "model_class": "X"}',
-           "schema.json": json.dumps({**json.loads(report.to_json()), "schema": "2"})}
+    bad = {
+        "plan.json": '{"removals": []}',
+        "thin.json": '{"candidates": [], "criteria": [], "model_class": "X"}',
+        "schema.json": json.dumps({**json.loads(report.to_json()), "schema": "2"}),
+    }
     for name, text in bad.items():  # JSON, but not a report this version can read
         (tmp_path / name).write_text(text)
         assert main(["report", str(tmp_path / name), "--html", str(tmp_path / "x.html")]) == 2, name
         assert "is not a flowprune report" in capsys.readouterr().err
-    for argv in (["report", str(tmp_path / "r.json"), "--criterion", "nope"], ["analyze", "--curves", "-1"]):
-        with pytest.raises(SystemExit) as e:  # usage errors: argparse, exit code 2 too, before any work
+    for argv in (
+        ["report", str(tmp_path / "r.json"), "--criterion", "nope"],
+        ["analyze", "--curves", "-1"],
+    ):
+        with pytest.raises(
+            SystemExit
+        ) as e:  # usage errors: argparse, exit code 2 too, before any work
             main(argv)
         assert e.value.code == 2
 
@@ -150,7 +196,10 @@ def test_report_command_writes_html_and_markdown_and_json(pruned_report, tmp_pat
 def test_version_and_zoo_json(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"flowprune {flowprune.__version__}"
+    assert (
+        e.value.code == 0
+        and capsys.readouterr().out.strip() == f"flowprune {flowprune.__version__}"
+    )
     assert main(["zoo", "--json"]) == 0
     zoo = json.loads(capsys.readouterr().out)
     assert len(zoo) == len(flowprune.zoo.ZOO) and "zoo:llama" in [z["model"] for z in zoo]
@@ -173,5 +222,7 @@ def test_old_reports_without_graph_or_curves_still_render(pruned_report):
     del d["graph"], d["curves"]
     old = flowprune.Report.from_json(json.dumps(d))
     page = old.to_html()
-    assert set(_figures(page)) == {"fig-bars", "fig-agreement"} and "analyze again to draw it" in page
+    assert (
+        set(_figures(page)) == {"fig-bars", "fig-agreement"} and "analyze again to draw it" in page
+    )
     assert not math.isnan(old.base_loss)

@@ -19,7 +19,9 @@ from flowprune.graph.trace import call_model
 from flowprune.zoo import ZOO
 from flowprune.zoo.hf import HF
 
-EAGER = {"attn_implementation": "eager"}  # the zoo builds eager models: same kernels, identical logits
+EAGER = {
+    "attn_implementation": "eager"
+}  # the zoo builds eager models: same kernels, identical logits
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +31,12 @@ def models():
     m, x = e.build(), e.inputs()
     g = flowprune.trace(m, x)
     ids = ["model.layers.0.self_attn:branch", "model.layers.1:layer", "model.layers.3.mlp:branch"]
-    return {"base": m, "deleted": flowprune.apply(m, g.plan(["model.layers.2:layer"])),
-            "branches": flowprune.apply(m, g.plan(ids)),
-            "mean": flowprune.apply(m, g.plan(ids, fill="mean"), data=[x])}
+    return {
+        "base": m,
+        "deleted": flowprune.apply(m, g.plan(["model.layers.2:layer"])),
+        "branches": flowprune.apply(m, g.plan(ids)),
+        "mean": flowprune.apply(m, g.plan(ids, fill="mean"), data=[x]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +58,14 @@ def temps(parent: Path) -> list[str]:
 
 
 def snapshot(d: Path) -> dict[str, bytes]:
-    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # round trips and the manifest
+
 
 @pytest.mark.parametrize("name", ["base", "deleted", "branches", "mean"])
 def test_every_save_writes_a_manifest_and_round_trips(models, x, name, tmp_path):
@@ -65,12 +73,15 @@ def test_every_save_writes_a_manifest_and_round_trips(models, x, name, tmp_path)
     target = flowprune.save_pretrained(m, tmp_path / "m")
     assert target == (tmp_path / "m").absolute()
     man = json.loads((target / "flowprune.json").read_text())
-    fills = {"flowprune-fills.safetensors"} if name == "mean" else set()  # the stubs' tensors, by model name
+    fills = (
+        {"flowprune-fills.safetensors"} if name == "mean" else set()
+    )  # the stubs' tensors, by model name
     assert set(man["files"]) == {"model.safetensors", *fills} and man["format"] == 1
     for f in man["files"]:
         assert man["files"][f]["sha256"] == saving._sha256(target / f)
     assert {k: t["shape"] for k, t in man["tensors"].items()} == {
-        k: list(v.shape) for f in man["files"] for k, v in load_file(target / f).items()}
+        k: list(v.shape) for f in man["files"] for k, v in load_file(target / f).items()
+    }
     assert man["state_dict"] == {k: list(v.shape) for k, v in m.state_dict().items()}
     back = load(target)
     assert torch.equal(logits(back, x), logits(m, x))
@@ -103,14 +114,19 @@ def test_every_hf_zoo_model_round_trips_with_a_fill(name, tmp_path):
     g = flowprune.trace(m, x)
     ids = [c.id for c in g.candidates("branch")][:1] + [c.id for c in g.candidates("layer")][-1:]
     small = flowprune.apply(m, g.plan(ids, fill="linear"), data=[x])
-    back = flowprune.load_pretrained(flowprune.save_pretrained(small, tmp_path / name),
-                                     **({} if "conv" in name or "resnet" in name else EAGER))
+    back = flowprune.load_pretrained(
+        flowprune.save_pretrained(small, tmp_path / name),
+        **({} if "conv" in name or "resnet" in name else EAGER),
+    )
     with torch.no_grad():
-        assert torch.equal(tensor_leaves(call_model(back, x))[0], tensor_leaves(call_model(small, x))[0])
+        assert torch.equal(
+            tensor_leaves(call_model(back, x))[0], tensor_leaves(call_model(small, x))[0]
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # saving never destroys
+
 
 def test_foreign_folder_is_refused_even_with_overwrite_and_left_untouched(models, tmp_path):
     d = tmp_path / "mine"
@@ -120,7 +136,9 @@ def test_foreign_folder_is_refused_even_with_overwrite_and_left_untouched(models
     (d / "sub" / "data.bin").write_bytes(b"\x00\x01")
     before = snapshot(d)
     for overwrite in (False, True):
-        with pytest.raises(InputError, match=r"mine.*not written by flowprune.*even with overwrite=True"):
+        with pytest.raises(
+            InputError, match=r"mine.*not written by flowprune.*even with overwrite=True"
+        ):
             flowprune.save_pretrained(models["base"], d, overwrite=overwrite)
     assert snapshot(d) == before and not temps(tmp_path)
 
@@ -154,12 +172,18 @@ def test_symlink_target_is_refused(models, tmp_path):
 def test_cwd_its_parents_home_and_root_are_refused(models, tmp_path, monkeypatch, path):
     work = tmp_path / "work"
     work.mkdir()
-    (work / "flowprune.json").write_text('{"flowprune": "0", "plans": []}')  # even if it looks like ours
+    (work / "flowprune.json").write_text(
+        '{"flowprune": "0", "plans": []}'
+    )  # even if it looks like ours
     monkeypatch.chdir(work)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    path = {"CWD": str(work), "HOME": str(tmp_path / "home"), "ROOT": os.path.abspath(os.sep)}.get(path, path)
-    with pytest.raises(InputError, match="current directory, one of its parents, the home directory"):
+    path = {"CWD": str(work), "HOME": str(tmp_path / "home"), "ROOT": os.path.abspath(os.sep)}.get(
+        path, path
+    )
+    with pytest.raises(
+        InputError, match="current directory, one of its parents, the home directory"
+    ):
         flowprune.save_pretrained(models["base"], path, overwrite=True)
     assert sorted(os.listdir(work)) == ["flowprune.json"] and not temps(tmp_path)
 
@@ -168,11 +192,15 @@ def test_overwrite_replaces_a_flowprune_folder_whole(models, x, tmp_path):
     d = tmp_path / "m"
     flowprune.save_pretrained(models["base"], d, max_shard_size="60KB")
     assert len(list(d.glob("*.safetensors"))) > 1
-    with pytest.raises(InputError, match="already holds a model saved by flowprune: pass overwrite=True"):
+    with pytest.raises(
+        InputError, match="already holds a model saved by flowprune: pass overwrite=True"
+    ):
         flowprune.save_pretrained(models["branches"], d)
     assert torch.equal(logits(load(d), x), logits(models["base"], x))  # refused: old still complete
     flowprune.save_pretrained(models["branches"], d, overwrite=True)
-    assert sorted(p.name for p in d.glob("*.safetensors")) == ["model.safetensors"]  # no old shard left
+    assert sorted(p.name for p in d.glob("*.safetensors")) == [
+        "model.safetensors"
+    ]  # no old shard left
     assert not (d / "model.safetensors.index.json").exists()
     assert torch.equal(logits(load(d), x), logits(models["branches"], x))
     assert not temps(tmp_path)
@@ -190,7 +218,9 @@ def test_exchange_swaps_two_folders_atomically(tmp_path):
     b.mkdir()
     (a / "f").write_text("a")
     if not saving._exchange(a, b):
-        pytest.skip("no renameat2(RENAME_EXCHANGE) on this OS or file system: the fallback is tested below")
+        pytest.skip(
+            "no renameat2(RENAME_EXCHANGE) on this OS or file system: the fallback is tested below"
+        )
     assert (b / "f").read_text() == "a" and not list(a.iterdir())
 
 
@@ -198,14 +228,18 @@ def test_exchange_swaps_two_folders_atomically(tmp_path):
 # crash safety: a Ctrl-C (in process) or a kill (forked child) at each step of the swap
 
 # the swap's file-system steps for each mode, in order: (function, what the target holds if cut there)
-STEPS = {"exchange": [("_exchange", "old"), ("_rmtree", "new")],
-         "fallback": [("_rename", "old"), ("_rename", "old"), ("_rmtree", "new")]}
+STEPS = {
+    "exchange": [("_exchange", "old"), ("_rmtree", "new")],
+    "fallback": [("_rename", "old"), ("_rename", "old"), ("_rmtree", "new")],
+}
 CASES = [(mode, k) for mode, steps in STEPS.items() for k in range(len(steps))]
 
 
 def _force_mode(mode: str, tmp_path: Path, patch) -> None:
     if mode == "fallback":
-        patch(saving, "_exchange", lambda a, b: False)  # e.g. macOS, or a file system answering EINVAL
+        patch(
+            saving, "_exchange", lambda a, b: False
+        )  # e.g. macOS, or a file system answering EINVAL
     else:
         probe = tmp_path / ".probe"
         (probe / "a").mkdir(parents=True)
@@ -229,6 +263,7 @@ def _interrupt_at(mode: str, k: int, patch, stop) -> None:
                     next(p for p in Path(args[0]).rglob("*") if p.is_file()).unlink()
                 stop()
             return real(*args)
+
         return step
 
     for name in {name for name, _ in STEPS[mode]}:
@@ -240,7 +275,9 @@ def _expected(models, x, which: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode, k", CASES)
-def test_ctrl_c_at_each_swap_step_leaves_old_or_new_and_no_temps(models, x, tmp_path, monkeypatch, mode, k):
+def test_ctrl_c_at_each_swap_step_leaves_old_or_new_and_no_temps(
+    models, x, tmp_path, monkeypatch, mode, k
+):
     d = tmp_path / "m"
     flowprune.save_pretrained(models["base"], d)
     _force_mode(mode, tmp_path, monkeypatch.setattr)
@@ -261,12 +298,15 @@ def test_ctrl_c_at_each_swap_step_leaves_old_or_new_and_no_temps(models, x, tmp_
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.parametrize("repair", ["load", "save"])
 @pytest.mark.parametrize("mode, k", CASES)
-def test_kill_at_each_swap_step_is_repaired_by_the_next_load_or_save(models, x, tmp_path, monkeypatch,
-                                                                      mode, k, repair):
+def test_kill_at_each_swap_step_is_repaired_by_the_next_load_or_save(
+    models, x, tmp_path, monkeypatch, mode, k, repair
+):
     d = tmp_path / "m"
     flowprune.save_pretrained(models["base"], d)
     new: list[Path] = []
-    monkeypatch.setattr(saving, "_swap", lambda tmp, target: new.append(tmp))  # write the new folder only
+    monkeypatch.setattr(
+        saving, "_swap", lambda tmp, target: new.append(tmp)
+    )  # write the new folder only
     flowprune.save_pretrained(models["branches"], d, overwrite=True)
     monkeypatch.undo()
     assert len(new) == 1 and new[0].parent == tmp_path
@@ -274,16 +314,22 @@ def test_kill_at_each_swap_step_is_repaired_by_the_next_load_or_save(models, x, 
     pid = os.fork()
     if pid == 0:  # the child is killed at step k: no except/finally clause runs
         try:
-            _interrupt_at(mode, k, lambda obj, name, value: setattr(obj, name, value), lambda: os._exit(9))
+            _interrupt_at(
+                mode, k, lambda obj, name, value: setattr(obj, name, value), lambda: os._exit(9)
+            )
             saving._swap(new[0], d.absolute())
         finally:
             os._exit(0)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 9
     monkeypatch.undo()
-    fallback_gap = mode == "fallback" and k == 1  # between the two renames: the next call puts old back
+    fallback_gap = (
+        mode == "fallback" and k == 1
+    )  # between the two renames: the next call puts old back
     assert d.is_dir() or fallback_gap
     assert temps(tmp_path), "the killed swap left its temp folder"
-    if repair == "save":  # the old folder is put back first, so this save without overwrite is refused
+    if (
+        repair == "save"
+    ):  # the old folder is put back first, so this save without overwrite is refused
         with pytest.raises(InputError, match="already holds a model saved by flowprune"):
             flowprune.save_pretrained(models["branches"], d)
         assert not temps(tmp_path)
@@ -316,6 +362,7 @@ def test_stale_temps_of_this_code_only_are_cleaned(models, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # loading never invents weights
 
+
 @pytest.fixture
 def saved(models, tmp_path) -> Path:
     return flowprune.save_pretrained(models["mean"], tmp_path / "m")
@@ -330,15 +377,22 @@ def _rewrite_manifest(d: Path, edit) -> None:
 
 
 def test_folder_without_manifest_is_refused(saved):
-    (saved / "flowprune.json").unlink()  # used to load with a re-initialised MLP and attention, silently
-    with pytest.raises(CheckpointError, match=r"no flowprune\.json.*not written by flowprune\.save_pretrained"
-                                              r".*from_pretrained"):
+    (
+        saved / "flowprune.json"
+    ).unlink()  # used to load with a re-initialised MLP and attention, silently
+    with pytest.raises(
+        CheckpointError,
+        match=r"no flowprune\.json.*not written by flowprune\.save_pretrained"
+        r".*from_pretrained",
+    ):
         load(saved)
 
 
 def test_plain_hf_checkpoint_is_refused_by_load_pretrained(models, tmp_path):
     models["base"].save_pretrained(tmp_path / "hf")
-    with pytest.raises(CheckpointError, match="not written by flowprune.*AutoModelForCausalLM.from_pretrained"):
+    with pytest.raises(
+        CheckpointError, match="not written by flowprune.*AutoModelForCausalLM.from_pretrained"
+    ):
         load(tmp_path / "hf")
 
 
@@ -378,7 +432,9 @@ def _extra_shard(d):
 
 
 def _legacy(d):
-    _rewrite_manifest(d, lambda man: [man.pop(k) for k in ("format", "files", "tensors", "state_dict")])
+    _rewrite_manifest(
+        d, lambda man: [man.pop(k) for k in ("format", "files", "tensors", "state_dict")]
+    )
 
 
 def _mangled(d):
@@ -402,19 +458,36 @@ BREAKAGES = {
     "manifest_edited": (_edited_plan, r"flowprune\.json was modified after saving"),
     "manifest_legacy": (_legacy, r"flowprune\.json was written by flowprune .* cannot be verified"),
     "manifest_mangled": (_mangled, r"flowprune\.json is malformed"),
-    "shard_deleted": (lambda d: (d / "model.safetensors").unlink(), r"model\.safetensors is missing"),
-    "fills_deleted": (lambda d: (d / "flowprune-fills.safetensors").unlink(),
-                      r"flowprune-fills\.safetensors is missing"),
+    "shard_deleted": (
+        lambda d: (d / "model.safetensors").unlink(),
+        r"model\.safetensors is missing",
+    ),
+    "fills_deleted": (
+        lambda d: (d / "flowprune-fills.safetensors").unlink(),
+        r"flowprune-fills\.safetensors is missing",
+    ),
     "shard_truncated": (_truncated, r"model\.safetensors is truncated"),
-    "shard_flipped_byte": (_flipped_byte, r"model\.safetensors differs from what was saved \(SHA-256"),
-    "tensor_renamed": (lambda d: _rewritten(d, True),
-                       (r"model\.safetensors does not hold .* missing \['model\.layers\.0\.mlp\.down_proj\.weight'\]"
-                        r".*unexpected \['model\.layers\.0\.mlp\.down_proj\.weights'\]")),
-    "tensor_reshaped": (lambda d: _rewritten(d, False),
-                        r"model\.safetensors does not hold .*mlp\.down_proj\.weight is F32\[.*\], saved as F32\[32, 64\]"),
+    "shard_flipped_byte": (
+        _flipped_byte,
+        r"model\.safetensors differs from what was saved \(SHA-256",
+    ),
+    "tensor_renamed": (
+        lambda d: _rewritten(d, True),
+        (
+            r"model\.safetensors does not hold .* missing \['model\.layers\.0\.mlp\.down_proj\.weight'\]"
+            r".*unexpected \['model\.layers\.0\.mlp\.down_proj\.weights'\]"
+        ),
+    ),
+    "tensor_reshaped": (
+        lambda d: _rewritten(d, False),
+        r"model\.safetensors does not hold .*mlp\.down_proj\.weight is F32\[.*\], saved as F32\[32, 64\]",
+    ),
     "extra_weight_file": (_extra_shard, r"model-extra\.safetensors is a weight file not listed"),
     "config_missing": (lambda d: (d / "config.json").unlink(), r"config\.json is missing"),
-    "config_more_layers": (_extra_layer, r"lacks the weights \['model\.layers\.3\..*initialised them at random"),
+    "config_more_layers": (
+        _extra_layer,
+        r"lacks the weights \['model\.layers\.3\..*initialised them at random",
+    ),
     "config_other_shapes": (_narrower_mlp, r"config\.json does not fit the saved weights"),
 }
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from support import DenseCat, DenseCat1d, MutatingStack, ReplacesInOutput
 from torch import nn
 
 import flowprune
@@ -12,7 +13,6 @@ from flowprune.score.engine import Engine
 from flowprune.score.taylor import gradient_and_hessian
 from flowprune.solve import predict
 from flowprune.zoo import ZOO
-from support import DenseCat, DenseCat1d, MutatingStack, ReplacesInOutput
 
 
 class Quadratic(nn.Module):
@@ -30,12 +30,17 @@ def _quadratic():
     torch.manual_seed(0)
     m = Quadratic().double()
     x, t = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
-    loss = lambda out, batch: ((out - t) ** 2).sum()
+
+    def loss(out, batch):
+        return ((out - t) ** 2).sum()
+
     with torch.no_grad():
         u, v = m.f(x), m.g(x)
         r = x + u + v - t
     g = torch.stack([2 * (u * r).sum(), 2 * (v * r).sum()])
-    H = 2 * torch.stack([torch.stack([(u * u).sum(), (u * v).sum()]), torch.stack([(u * v).sum(), (v * v).sum()])])
+    H = 2 * torch.stack(
+        [torch.stack([(u * u).sum(), (u * v).sum()]), torch.stack([(u * v).sum(), (v * v).sum()])]
+    )
     return m, x, loss, g, H
 
 
@@ -51,7 +56,9 @@ def test_gradient_and_hessian_of_a_known_quadratic(method):
         exact_both = eng.loss(["f:branch", "g:branch"]) - base
     assert torch.allclose(g, g_true, atol=1e-10) and torch.allclose(H, H_true, atol=1e-10)
     assert torch.allclose(torch.diagonal(Hd), torch.diagonal(H_true), atol=1e-10)
-    assert abs(predict(g, H, [0, 1]) - exact_both) < 1e-9  # quadratic: the prediction is exact, interaction included
+    assert (
+        abs(predict(g, H, [0, 1]) - exact_both) < 1e-9
+    )  # quadratic: the prediction is exact, interaction included
 
 
 def test_hessian_matches_finite_differences_through_layernorm():
@@ -61,7 +68,10 @@ def test_hessian_matches_finite_differences_through_layernorm():
     m = ZOO["vit"].build().double()
     x = ZOO["vit"].inputs().double()
     graph = flowprune.trace(m, x)
-    loss = lambda out, batch: out.pow(2).mean()
+
+    def loss(out, batch):
+        return out.pow(2).mean()
+
     with Engine(graph, [x], loss, progress=False) as eng:
         _, H1 = gradient_and_hessian(eng, method="autograd")
         _, H2 = gradient_and_hessian(eng, method="func")
@@ -82,7 +92,9 @@ class ZeroBranch(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 4)) for _ in range(3))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 4)) for _ in range(3)
+        )
         self.head = nn.Linear(4, 3)
         with torch.no_grad():
             self.blocks[1][2].weight.zero_()
@@ -100,7 +112,19 @@ def test_a_zero_branch_scores_zero_everywhere_and_ranks_first():
     data = [torch.randn(8, 4) for _ in range(3)]
     rep = flowprune.analyze(m, data, criteria=("flow", "loss", "taylor2", "fisher"), progress=False)
     row = {r["id"]: r for r in rep.candidates}["blocks.1:branch"]
-    for k in ("flow", "energy", "proximity", "llmdrop", "angular", "loss", "kl", "spvr", "taylor1", "taylor2", "fisher"):
+    for k in (
+        "flow",
+        "energy",
+        "proximity",
+        "llmdrop",
+        "angular",
+        "loss",
+        "kl",
+        "spvr",
+        "taylor1",
+        "taylor2",
+        "fisher",
+    ):
         assert abs(row[k]) < 1e-12, k
     assert row["rank"] == 1
     for crit in ("loss", "flow", "taylor2"):
@@ -126,12 +150,17 @@ def test_energy_share_by_hand():
         y = x + z
     row = rep.candidates[0]
     assert math.isclose(row["energy"], float((z * z).sum() / (y * y).sum()), rel_tol=1e-5)
-    prox = lambda a: max(0.0, float(y.abs().sum() - (y - a).abs().sum()))
+
+    def prox(a):
+        return max(0.0, float(y.abs().sum() - (y - a).abs().sum()))
+
     assert math.isclose(row["proximity"], prox(z) / (prox(z) + prox(x)), rel_tol=1e-5)
     cos = torch.nn.functional.cosine_similarity(x, y, dim=1)
     assert math.isclose(row["llmdrop"], float(1 - cos.mean()), rel_tol=1e-5)
     # the only path to the output goes through the add: flow = local energy share among its inputs
-    assert math.isclose(row["flow"], float((z * z).sum() / ((z * z).sum() + (x * x).sum())), rel_tol=1e-5)
+    assert math.isclose(
+        row["flow"], float((z * z).sum() / ((z * z).sum() + (x * x).sum())), rel_tol=1e-5
+    )
 
 
 def test_concat_input_flow_in_closed_form_and_its_removal():
@@ -148,7 +177,9 @@ def test_concat_input_flow_in_closed_form_and_its_removal():
         y = torch.cat([x, z], -1)
     assert row["energy"] == pytest.approx(float((z * z).sum() / (y * y).sum()), rel=1e-5)
     assert row["proximity"] == pytest.approx(float(z.abs().sum() / y.abs().sum()), rel=1e-5)
-    assert row["llmdrop"] == pytest.approx(float(1 - (x.norm(dim=1) / y.norm(dim=1)).mean()), rel=1e-5)
+    assert row["llmdrop"] == pytest.approx(
+        float(1 - (x.norm(dim=1) / y.norm(dim=1)).mean()), rel=1e-5
+    )
     small = flowprune.apply(m, flowprune.trace(m, x).plan(["fc:branch"]))
     with torch.no_grad():
         want = m.head(torch.cat([x, torch.zeros(6, 3)], -1))
@@ -164,10 +195,15 @@ def test_replayed_ablation_equals_naive(name):
     with Engine(graph, [x, x], "distill", progress=False) as eng:
         a, b = ablate(eng, replay=True), ablate(eng, replay=False)
         base = eng.loss()
-        c = ablate(eng, replay=True, base_loss=base)  # recordings taken in the deepest candidate's pass
+        c = ablate(
+            eng, replay=True, base_loss=base
+        )  # recordings taken in the deepest candidate's pass
         assert set(a) == set(c) == {c.id for c in eng.candidates}
         for cid in a:
-            assert abs(a[cid]["loss"] - b[cid]["loss"]) < 1e-6 and abs(c[cid]["loss"] - b[cid]["loss"]) < 1e-6
+            assert (
+                abs(a[cid]["loss"] - b[cid]["loss"]) < 1e-6
+                and abs(c[cid]["loss"] - b[cid]["loss"]) < 1e-6
+            )
             assert c[cid]["kl"] == pytest.approx(b[cid]["kl"], abs=1e-6, nan_ok=True)
         last = eng.candidates[-1].id
         assert abs(a[last]["loss"] - (eng.loss([last]) - base)) < 1e-6
@@ -221,7 +257,17 @@ def test_report_fidelity_json_and_markdown(tmp_path):
     data = [{"input_ids": torch.randint(0, 128, (2, 12), generator=gen)} for _ in range(2)]
     rep = flowprune.analyze(e.build(), data, progress=False)
     assert rep.base_loss == 0.0  # distillation to itself
-    assert {"loss", "flow", "taylor2", "shortgpt", "llmdrop", "kl", "spvr", "magnitude", "random"} <= set(rep.criteria)
+    assert {
+        "loss",
+        "flow",
+        "taylor2",
+        "shortgpt",
+        "llmdrop",
+        "kl",
+        "spvr",
+        "magnitude",
+        "random",
+    } <= set(rep.criteria)
     for crit, v in rep.fidelity.items():
         assert -1 <= v["spearman"] <= 1 and -1 <= v["kendall"] <= 1, crit
     assert rep.fidelity["kl"]["spearman"] == pytest.approx(1.0)  # distill loss == KL

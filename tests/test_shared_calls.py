@@ -117,7 +117,12 @@ class SharedAcross(nn.Module):
         return self.head(self.blk(self.stage(self.inp(x))))
 
 
-MODELS = {"albertish": Albertish, "twice_in_list": TwiceInList, "reentrant": Reentrant, "across": SharedAcross}
+MODELS = {
+    "albertish": Albertish,
+    "twice_in_list": TwiceInList,
+    "reentrant": Reentrant,
+    "across": SharedAcross,
+}
 
 
 def _build(name):
@@ -148,7 +153,9 @@ def test_one_candidate_per_call_of_a_shared_block():
     m, x = _build("albertish")
     graph = flowprune.trace(m, x)
     ids = [c.id for c in graph.candidates()]
-    assert ids == [f"layer{s}@{k}" for k in range(4) for s in (":layer", ".mix:branch", ".fc2:branch")]
+    assert ids == [
+        f"layer{s}@{k}" for k in range(4) for s in (":layer", ".mix:branch", ".fc2:branch")
+    ]
     for c in graph.candidates():
         rec = graph.call(c.cid)
         assert c.call == rec.k and c.id.endswith(f"@{rec.k}") and c.params == 0
@@ -160,7 +167,11 @@ def test_one_candidate_per_call_of_a_shared_block():
 def test_single_call_ids_are_unchanged():
     m, x = _build("twice_in_list")
     ids = {c.id for c in flowprune.trace(m, x).candidates()}
-    assert {"layers.1:layer", "layers.1.mix:branch", "layers.1.fc2:branch"} <= ids  # called once: no "@"
+    assert {
+        "layers.1:layer",
+        "layers.1.mix:branch",
+        "layers.1.fc2:branch",
+    } <= ids  # called once: no "@"
     assert {"layers.0:layer@0", "layers.0:layer@1"} <= ids  # layers.0 and layers.2 are one object
 
 
@@ -213,7 +224,9 @@ def test_a_kept_call_leaves_the_module_in_place_skipping_the_removed_calls():
     plan = graph.plan(["layer:layer@1", "layer.fc2:branch@3"])
     small = flowprune.apply(m, plan)
     assert type(small.layer) is Block and small.state_dict().keys() == m.state_dict().keys()
-    assert skipping(small.layer).skip == [1] and skipping(small.layer.fc2).skip == [2]  # 3 -> 2: layer#1 is gone
+    assert skipping(small.layer).skip == [1] and skipping(small.layer.fc2).skip == [
+        2
+    ]  # 3 -> 2: layer#1 is gone
     assert skipping(small.layer.fc2).ncalls == 3
     # re-traced, the skipped call is not offered again; the others are
     again = {c.id for c in flowprune.trace(small, x).candidates()}
@@ -227,8 +240,11 @@ def test_a_second_plan_on_the_rewritten_model_adds_its_calls():
     again = flowprune.trace(small, x)
     smaller = flowprune.apply(small, again.plan(["layer:layer@2", "layer.mix:branch@0"]))
     assert skipping(smaller.layer).skip == [1, 2]
-    with flowprune.Gates(graph) as gates, gates.removed(["layer:layer@1", "layer:layer@2", "layer.mix:branch@0"]), \
-            torch.no_grad():
+    with (
+        flowprune.Gates(graph) as gates,
+        gates.removed(["layer:layer@1", "layer:layer@2", "layer.mix:branch@0"]),
+        torch.no_grad(),
+    ):
         want = m(x)
     with torch.no_grad():
         assert torch.allclose(smaller(x), want, atol=1e-5, rtol=0)
@@ -240,13 +256,18 @@ def test_plan_json_round_trip():
     plan = graph.plan(["layer:layer@0", "layer.mix:branch@2"])
     d = json.loads(plan.to_json())
     per_call = [r for r in d["replacements"] if "calls" in r]
-    assert sorted((r["path"], r["calls"], r["ncalls"]) for r in per_call) == [("layer", [0], 4), ("layer.mix", [1], 3)]
+    assert sorted((r["path"], r["calls"], r["ncalls"]) for r in per_call) == [
+        ("layer", [0], 4),
+        ("layer.mix", [1], 3),
+    ]
     again = Plan.from_json(plan.to_json())
     assert again == plan
     with torch.no_grad():
         a, b = flowprune.apply(m, plan)(x), flowprune.apply(m, again)(x)
     assert torch.equal(a, b)
-    single = json.loads(flowprune.trace(*_build("twice_in_list")).plan(["layers.1:layer"]).to_json())
+    single = json.loads(
+        flowprune.trace(*_build("twice_in_list")).plan(["layers.1:layer"]).to_json()
+    )
     assert all("calls" not in r and "ncalls" not in r for r in single["replacements"])  # as before
 
 
@@ -275,7 +296,9 @@ def test_call_counts_restart_every_forward_even_after_an_exception():
         with pytest.raises(RuntimeError):
             small(x)
         h.remove()
-        assert torch.allclose(small(x), want, atol=1e-6) and torch.allclose(small(x), want, atol=1e-6)
+        assert torch.allclose(small(x), want, atol=1e-6) and torch.allclose(
+            small(x), want, atol=1e-6
+        )
 
 
 def test_the_rewrite_survives_deepcopy_and_pickle():
@@ -330,8 +353,17 @@ def test_solver_helpers_count_each_call():
 def _albert():
     from transformers import AlbertConfig, AlbertForSequenceClassification
 
-    cfg = AlbertConfig(vocab_size=64, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                       intermediate_size=48, max_position_embeddings=32, initializer_range=0.5, num_labels=5)
+    cfg = AlbertConfig(
+        vocab_size=64,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+        initializer_range=0.5,
+        num_labels=5,
+    )
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     xs = [{"input_ids": torch.randint(0, 64, (2, 7), generator=gen)} for _ in range(2)]
@@ -344,8 +376,11 @@ def test_hf_albert_calls_are_candidates_and_rewrite_equals_gated():
     graph = flowprune.trace(m, x)
     group = "albert.encoder.albert_layer_groups.0"
     ids = [c.id for c in graph.candidates()]
-    assert len(ids) == 15 and all(f"{group}{s}@{k}" in ids for k in range(3)
-                                  for s in (":layer", ".albert_layers.0:layer", ".albert_layers.0.ffn_output:branch"))
+    assert len(ids) == 15 and all(
+        f"{group}{s}@{k}" in ids
+        for k in range(3)
+        for s in (":layer", ".albert_layers.0:layer", ".albert_layers.0.ffn_output:branch")
+    )
     ffn = f"{group}.albert_layers.0.ffn"
     c = graph.candidate(f"{ffn}_output:branch@1")  # the ffn call that only fed it is skipped too
     assert c.flops == graph.calls_of(f"{ffn}_output")[1].flops + graph.calls_of(ffn)[1].flops
@@ -377,8 +412,10 @@ def test_hf_albert_exact_ablation_with_replay():
 def test_hf_albert_save_and_load_pretrained(tmp_path):
     m, xs = _albert()
     graph = flowprune.trace(m, xs[0])
-    ids = ["albert.encoder.albert_layer_groups.0:layer@1",
-           "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.dense:branch@0"]
+    ids = [
+        "albert.encoder.albert_layer_groups.0:layer@1",
+        "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.dense:branch@0",
+    ]
     small = flowprune.apply(m, graph.plan(ids))
     flowprune.save_pretrained(small, tmp_path / "p")
     back = flowprune.load_pretrained(tmp_path / "p")
@@ -386,7 +423,10 @@ def test_hf_albert_save_and_load_pretrained(tmp_path):
         for x in xs:
             assert torch.allclose(back(**x).logits, small(**x).logits, atol=1e-6, rtol=0)
     # every call of a branch removed: its parameters go, also after loading
-    every = [f"albert.encoder.albert_layer_groups.0.albert_layers.0.ffn_output:branch@{k}" for k in range(3)]
+    every = [
+        f"albert.encoder.albert_layer_groups.0.albert_layers.0.ffn_output:branch@{k}"
+        for k in range(3)
+    ]
     small = flowprune.apply(m, graph.plan(every))
     assert _params(m) - _params(small) == graph.effect(every).params > 0
     flowprune.save_pretrained(small, tmp_path / "q")

@@ -1,10 +1,10 @@
 """Graphs, FLOPs and candidates of models known by hand."""
 
 import torch
+from support import Concat, InplaceResidual, Parallel, PreNorm, Residual, Reuse, Stack, TwoHeads
 from torch import nn
 
 import flowprune
-from support import Concat, InplaceResidual, Parallel, PreNorm, Residual, Reuse, Stack, TwoHeads
 
 X = torch.randn(3, 4)
 
@@ -12,9 +12,19 @@ X = torch.randn(3, 4)
 def test_residual_graph_is_exact():
     g = flowprune.trace(Residual(), X)
     assert set(g.nx.nodes) == {"input:0", "fc", "::add0", "output"}
-    assert set(g.nx.edges) == {("input:0", "fc"), ("input:0", "::add0"), ("fc", "::add0"), ("::add0", "output")}
+    assert set(g.nx.edges) == {
+        ("input:0", "fc"),
+        ("input:0", "::add0"),
+        ("fc", "::add0"),
+        ("::add0", "output"),
+    }
     fc = g.nx.nodes["fc"]
-    assert (fc["kind"], fc["params"], fc["in_shape"], fc["out_shape"]) == ("Linear", 20, (3, 4), (3, 4))
+    assert (fc["kind"], fc["params"], fc["in_shape"], fc["out_shape"]) == (
+        "Linear",
+        20,
+        (3, 4),
+        (3, 4),
+    )
     assert fc["flops"] == 2 * 3 * 4 * 4
     assert g.nx.nodes["::add0"]["kind"] == "add"
     [c] = g.candidates()

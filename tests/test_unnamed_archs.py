@@ -22,7 +22,9 @@ def _out(model: nn.Module, x: Any) -> list[torch.Tensor]:
         return [t for t in tensor_leaves(call_model(model, x)) if t.is_floating_point()]
 
 
-def _assert_rewrites_equal(model: nn.Module, x: Any, train: bool = False, min_candidates: int = 1) -> list[str]:
+def _assert_rewrites_equal(
+    model: nn.Module, x: Any, train: bool = False, min_candidates: int = 1
+) -> list[str]:
     """Every single-candidate rewrite equals the gated model on ``x`` (in train mode if ``train``)."""
     graph = flowprune.trace(model, x)
     cands = graph.candidates()
@@ -49,9 +51,13 @@ def _assert_rewrites_equal(model: nn.Module, x: Any, train: bool = False, min_ca
 
 def _encoder(norm_first: bool, batch_first: bool) -> nn.TransformerEncoder:
     torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=batch_first, norm_first=norm_first)
+    layer = nn.TransformerEncoderLayer(
+        16, 4, 32, dropout=0.0, batch_first=batch_first, norm_first=norm_first
+    )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "enable_nested_tensor is True, but ..." for the pre-norm / seq-first ones
+        warnings.simplefilter(
+            "ignore"
+        )  # "enable_nested_tensor is True, but ..." for the pre-norm / seq-first ones
         return nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16)).eval()
 
 
@@ -86,7 +92,11 @@ def test_stub_answers_reads_without_weights():
     graph = flowprune.trace(model, torch.randn(2, 5, 16))
     small = flowprune.apply(model, graph.plan(["layers.0:layer"]))
     stub = small.layers[0]
-    assert stub.self_attn.batch_first is True and stub.norm1.eps == 1e-5 and stub.self_attn.num_heads == 4
+    assert (
+        stub.self_attn.batch_first is True
+        and stub.norm1.eps == 1e-5
+        and stub.self_attn.num_heads == 4
+    )
     w = stub.self_attn.in_proj_weight
     assert isinstance(w, RemovedTensor) and w.shape == (48, 16) and w.dtype == torch.float32
     assert torch.overrides.has_torch_function((w,))  # what makes fused fast paths decline
@@ -103,20 +113,39 @@ def _tiny(config_cls: str, model_cls: str, **kw: Any) -> nn.Module:
     return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kw)).eval()
 
 
-_IDS = {"input_ids": torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(0)), "use_cache": False}
+_IDS = {
+    "input_ids": torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(0)),
+    "use_cache": False,
+}
 
 
 def test_mamba():
-    model = _tiny("MambaConfig", "MambaForCausalLM", vocab_size=100, hidden_size=16, num_hidden_layers=2,
-                  state_size=4, expand=2, conv_kernel=4, time_step_rank=4)
+    model = _tiny(
+        "MambaConfig",
+        "MambaForCausalLM",
+        vocab_size=100,
+        hidden_size=16,
+        num_hidden_layers=2,
+        state_size=4,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank=4,
+    )
     ids = _assert_rewrites_equal(model, _IDS, min_candidates=4)
     assert "backbone.layers.0.mixer:branch" in ids
 
 
 def test_bloom_alibi():
     # BLOOM's ALiBi attention calls alibi.baddbmm(batch1=..., batch2=...) with keyword operands
-    model = _tiny("BloomConfig", "BloomForCausalLM", vocab_size=100, hidden_size=16, n_layer=2, n_head=4,
-                  attn_implementation="eager")
+    model = _tiny(
+        "BloomConfig",
+        "BloomForCausalLM",
+        vocab_size=100,
+        hidden_size=16,
+        n_layer=2,
+        n_head=4,
+        attn_implementation="eager",
+    )
     ids = _assert_rewrites_equal(model, _IDS, min_candidates=4)
     assert "transformer.h.0:layer" in ids
     assert flowprune.trace(model, _IDS).total_flops > 0
@@ -160,7 +189,9 @@ def test_data_parallel_unwrapped():
 
 
 def test_fsdp_refused():
-    class FullyShardedDataParallel(nn.Module):  # stands for torch's FSDP, which needs a process group
+    class FullyShardedDataParallel(
+        nn.Module
+    ):  # stands for torch's FSDP, which needs a process group
         pass
 
     with pytest.raises(InputError, match="before wrapping it in FSDP"):
@@ -205,7 +236,9 @@ class _BiasBlock(nn.Module):
         self.fc = nn.Linear(8, 8)
         self.bias = nn.Parameter(torch.randn(8)) if first else None
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         bias = self.bias.expand_as(x) * 1.0 if self.bias is not None else bias
         return x + torch.tanh(self.fc(x) + bias), bias
 
@@ -230,6 +263,8 @@ def test_removed_layer_side_outputs_follow_the_stub():
 
 def test_prune_compiled_model_gives_plain_module():
     model, x = _mlp()
-    small, _ = flowprune.prune(torch.compile(model), [x, x], flowprune.Budget(count=1), progress=False)
+    small, _ = flowprune.prune(
+        torch.compile(model), [x, x], flowprune.Budget(count=1), progress=False
+    )
     assert type(small) is type(model)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())

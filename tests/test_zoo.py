@@ -14,29 +14,29 @@ from flowprune.zoo import ZOO
 
 # name -> (residual-branch candidates, layer candidates), counted by hand from the architecture
 CASES = {
-    "mlp_skip": (3, 3),            # 3 residual blocks in a ModuleList
-    "resnet_basic": (3, 4),        # 4 blocks, the stride-2 one has a conv shortcut; + stage 1 (8->8)
-    "resnet_bottleneck": (2, 2),   # 4 blocks, 2 with a projection shortcut
-    "vgg_bn": (0, 2),              # the two same-width ConvBNReLU layers
-    "densenet": (6, 0),            # 2 dense blocks x 3 layers: each layer's output is a concat input
-    "mobilenetv2": (3, 3),         # 3 inverted residuals with a skip
-    "lstm_classifier": (2, 0),     # x + lstm(x)[0], twice; the LSTMs are branches, not layers
-    "vit": (6, 3),                 # 3 pre-norm blocks: attn + mlp branches
-    "llama": (8, 4),               # L = 4: 2L branches, L layers
+    "mlp_skip": (3, 3),  # 3 residual blocks in a ModuleList
+    "resnet_basic": (3, 4),  # 4 blocks, the stride-2 one has a conv shortcut; + stage 1 (8->8)
+    "resnet_bottleneck": (2, 2),  # 4 blocks, 2 with a projection shortcut
+    "vgg_bn": (0, 2),  # the two same-width ConvBNReLU layers
+    "densenet": (6, 0),  # 2 dense blocks x 3 layers: each layer's output is a concat input
+    "mobilenetv2": (3, 3),  # 3 inverted residuals with a skip
+    "lstm_classifier": (2, 0),  # x + lstm(x)[0], twice; the LSTMs are branches, not layers
+    "vit": (6, 3),  # 3 pre-norm blocks: attn + mlp branches
+    "llama": (8, 4),  # L = 4: 2L branches, L layers
     "mistral": (4, 2),
     "qwen2": (4, 2),
     "qwen3": (4, 2),
     "gemma": (4, 2),
-    "gemma2": (4, 2),              # branches end at the post-norms (sandwich norm)
+    "gemma2": (4, 2),  # branches end at the post-norms (sandwich norm)
     "phi3": (4, 2),
     "gpt2": (4, 2),
     "opt": (4, 2),
     "gpt_neox": (4, 2),
-    "falcon": (4, 2),              # parallel attn + mlp: x + (attn + mlp) flattened into two branches
-    "bert": (4, 4),                # post-LN: per layer 2 branches, the layer and its attention sublayer
+    "falcon": (4, 2),  # parallel attn + mlp: x + (attn + mlp) flattened into two branches
+    "bert": (4, 4),  # post-LN: per layer 2 branches, the layer and its attention sublayer
     "roberta": (4, 4),
     "distilbert": (4, 2),
-    "hf_resnet": (1, 3),           # stage 0, its block, and the inner conv layer of the stride-2 block
+    "hf_resnet": (1, 3),  # stage 0, its block, and the inner conv layer of the stride-2 block
     "hf_convnext": (3, 4),
     "hf_vit": (4, 2),
 }
@@ -52,8 +52,12 @@ def _other_size(x):
     if isinstance(x, torch.Tensor):
         return torch.cat([x, x[:1]])
     if isinstance(x, dict):
-        return {k: torch.cat([v, v[:1]])[:, :5] if isinstance(v, torch.Tensor) and v.dim() == 2 and k != "pixel_values"
-                else (torch.cat([v, v[:1]]) if isinstance(v, torch.Tensor) else v) for k, v in x.items()}
+        return {
+            k: torch.cat([v, v[:1]])[:, :5]
+            if isinstance(v, torch.Tensor) and v.dim() == 2 and k != "pixel_values"
+            else (torch.cat([v, v[:1]]) if isinstance(v, torch.Tensor) else v)
+            for k, v in x.items()
+        }
     return x
 
 
@@ -83,7 +87,9 @@ def test_architecture(name):
         for c in graph.candidates():
             with gates.removed([c.id]):
                 gated, gated2 = _out(model, x), _out(model, x2)
-            small = flowprune.apply(model, graph.plan([c.id]))  # made inside Gates: must not stay gated
+            small = flowprune.apply(
+                model, graph.plan([c.id])
+            )  # made inside Gates: must not stay gated
             for ref, got in ((gated, _out(small, x)), (gated2, _out(small, x2))):
                 assert len(ref) == len(got)
                 for a, b in zip(ref, got):

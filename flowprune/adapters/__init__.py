@@ -19,6 +19,20 @@ from .layers import layer_stacks, num_layers, renumber, sync_config
 from .modules import cache_slot, fill_cache_slot, is_norm, is_stub, kv_cache, scoring_kwargs
 from .table import ADAPTERS, GENERIC, Adapter, adapter_for, derive
 
-__all__ = ["ADAPTERS", "GENERIC", "Adapter", "adapter_for", "derive", "layer_stacks", "num_layers",
-           "renumber", "sync_config", "cache_slot", "fill_cache_slot", "is_norm", "is_stub", "kv_cache",
-           "scoring_kwargs"]
+__all__ = [
+    "ADAPTERS",
+    "GENERIC",
+    "Adapter",
+    "adapter_for",
+    "derive",
+    "layer_stacks",
+    "num_layers",
+    "renumber",
+    "sync_config",
+    "cache_slot",
+    "fill_cache_slot",
+    "is_norm",
+    "is_stub",
+    "kv_cache",
+    "scoring_kwargs",
+]

@@ -34,8 +34,12 @@ def _expand(model: nn.Module, path: str) -> list[str]:
         found = [root]
         for part in path.split("."):
             if part == "*":
-                found = [f"{f}.{i}" if f else str(i) for f in found
-                         if isinstance(modules.get(f), nn.ModuleList) for i in range(len(modules[f]))]
+                found = [
+                    f"{f}.{i}" if f else str(i)
+                    for f in found
+                    if isinstance(modules.get(f), nn.ModuleList)
+                    for i in range(len(modules[f]))
+                ]
             else:
                 found = [p for f in found if (p := f"{f}.{part}" if f else part) in modules]
         if found:
@@ -49,8 +53,12 @@ def _known_stacks(model: nn.Module, ad: Adapter) -> list[str] | None:
     modules = dict(model.named_modules())
     for path in ad.layer_paths:
         found = _expand(model, path)
-        if counts is not None and found and [len(modules[p]) if isinstance(modules[p], nn.ModuleList) else -1
-                                             for p in found] == counts:
+        if (
+            counts is not None
+            and found
+            and [len(modules[p]) if isinstance(modules[p], nn.ModuleList) else -1 for p in found]
+            == counts
+        ):
             return found
     return None
 
@@ -62,13 +70,18 @@ def _generic_stacks(model: nn.Module) -> list[str]:
     # a list of different modules is not a layer stack: T5's [self-attention, FFN] per block, RWKV's
     # first block with its extra pre_ln, vision stages of different widths; deleting from it would hand
     # a layer another one's place (an identity stub stands in for a removed layer instead)
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.ModuleList) and len(m) == n and len({_structure(x) for x in m}) == 1]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and len(m) == n and len({_structure(x) for x in m}) == 1
+    ]
 
 
 def _structure(m: nn.Module) -> tuple:
-    return (tuple((k, type(x).__name__) for k, x in m.named_modules()),
-            tuple((k, tuple(p.shape)) for k, p in m.named_parameters()))
+    return (
+        tuple((k, type(x).__name__) for k, x in m.named_modules()),
+        tuple((k, tuple(p.shape)) for k, p in m.named_parameters()),
+    )
 
 
 def layer_stacks(model: nn.Module) -> list[str]:
@@ -103,8 +116,11 @@ def sync_config(model: nn.Module, stack: str, removed: list[int], old_len: int) 
             if stack in stages:
                 k = stages.index(stack)
                 depths = getattr(config, ad.stage_depths)
-                setattr(config, ad.stage_depths, type(depths)(d - len(removed) if i == k else d
-                                                              for i, d in enumerate(depths)))
+                setattr(
+                    config,
+                    ad.stage_depths,
+                    type(depths)(d - len(removed) if i == k else d for i, d in enumerate(depths)),
+                )
                 return
         return
     key = ad.layers or "num_hidden_layers"
@@ -118,7 +134,9 @@ def sync_config(model: nn.Module, stack: str, removed: list[int], old_len: int) 
         if isinstance(value, (list, tuple)) and (len(value) == old_len or name in ad.per_layer):
             try:
                 setattr(config, name, type(value)(value[i] for i in keep))
-            except Exception:  # a strict config refuses it (HF validation): a pair, not per-layer values
+            except (
+                Exception
+            ):  # a strict config refuses it (HF validation): a pair, not per-layer values
                 pass
 
 

@@ -16,9 +16,17 @@ from torch import nn
 from .table import adapter_for
 
 # normalisation layers of torch itself (BatchNorm*, InstanceNorm*, LayerNorm, GroupNorm, RMSNorm, ...)
-_TORCH_NORMS: tuple[type, ...] = tuple(t for t in (
-    getattr(nn.modules.batchnorm, "_NormBase", None), nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-    getattr(nn, "RMSNorm", None)) if t is not None)
+_TORCH_NORMS: tuple[type, ...] = tuple(
+    t
+    for t in (
+        getattr(nn.modules.batchnorm, "_NormBase", None),
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+    )
+    if t is not None
+)
 # a model outside the table has no list: its norm classes are known only by their usual names
 # (T5LayerNorm, MambaRMSNormGated, a user's ChannelNorm2d, ...)
 _NORM_NAME = re.compile(r"Norm")

@@ -27,25 +27,25 @@ class Adapter:
     """
 
     model_type: str = ""
-    hidden: str | None = "hidden_size"            # model width (a per-stage list for CNNs)
+    hidden: str | None = "hidden_size"  # model width (a per-stage list for CNNs)
     intermediate: str | None = "intermediate_size"  # MLP width
     heads: str | None = "num_attention_heads"
-    kv_heads: str | None = None                   # None: as many KV heads as query heads
-    multi_query: str | None = None                # a flag meaning one KV head (Falcon)
-    head_dim: str | None = None                   # None: hidden // heads
-    layers: str | None = "num_hidden_layers"      # layer count
+    kv_heads: str | None = None  # None: as many KV heads as query heads
+    multi_query: str | None = None  # a flag meaning one KV head (Falcon)
+    head_dim: str | None = None  # None: hidden // heads
+    layers: str | None = "num_hidden_layers"  # layer count
     # the layer list, relative to the base model (``model.base_model``); alternatives in the order tried
     # (transformers versions differ); "*" stands for every entry of a list of stages
     layer_paths: tuple[str, ...] = ()
-    stage_depths: str | None = None               # with "*": the config list of each stage's layer count
-    per_layer: tuple[str, ...] = ()               # config lists with one entry per layer, cut on deletion
+    stage_depths: str | None = None  # with "*": the config list of each stage's layer count
+    per_layer: tuple[str, ...] = ()  # config lists with one entry per layer, cut on deletion
     keep: tuple[str, ...] = ("architectures", "id2label", "label2id")  # lists never cut
-    use_cache: bool = False                       # forward takes ``use_cache`` (off while scoring)
+    use_cache: bool = False  # forward takes ``use_cache`` (off while scoring)
     # attention modules carry ``layer_idx`` (the KV cache's slot); a removed one still fills its slot
     layer_idx: bool = False
     layer_index_attrs: tuple[str, ...] = ("layer_idx", "layer_id", "layer_index")
-    norms: tuple[str, ...] = ()                   # normalisation module class names
-    known: bool = True                            # False: derived from an unknown family's config
+    norms: tuple[str, ...] = ()  # normalisation module class names
+    known: bool = True  # False: derived from an unknown family's config
 
     def value(self, config: Any, key: str | None) -> Any:
         """``config.<key>`` (None when the key is None or absent)."""
@@ -60,8 +60,11 @@ class Adapter:
 
     def num_kv_heads(self, config: Any) -> int | None:
         """KV heads: the KV key, 1 for Falcon-style multi-query, else the query heads."""
-        if self.multi_query and self.value(config, self.multi_query) \
-                and not getattr(config, "new_decoder_architecture", False):
+        if (
+            self.multi_query
+            and self.value(config, self.multi_query)
+            and not getattr(config, "new_decoder_architecture", False)
+        ):
             return 1
         kv = self.value(config, self.kv_heads)
         return kv if isinstance(kv, int) else self.num_heads(config)
@@ -89,10 +92,17 @@ class Adapter:
 
 def _decoder(model_type: str, **kw: Any) -> Adapter:
     """A Llama-style decoder: ``model.layers``, GQA, KV cache indexed by ``layer_idx``."""
-    fam = {"qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "phi3": "Phi3"}.get(model_type,
-                                                                                     model_type.capitalize())
-    base = dict(kv_heads="num_key_value_heads", head_dim="head_dim", layer_paths=("layers",),
-                use_cache=True, layer_idx=True, norms=(fam + _LLM_NORM,))
+    fam = {"qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "phi3": "Phi3"}.get(
+        model_type, model_type.capitalize()
+    )
+    base = dict(
+        kv_heads="num_key_value_heads",
+        head_dim="head_dim",
+        layer_paths=("layers",),
+        use_cache=True,
+        layer_idx=True,
+        norms=(fam + _LLM_NORM,),
+    )
     return Adapter(model_type, **{**base, **kw})
 
 
@@ -105,31 +115,81 @@ def _encoder(model_type: str, **kw: Any) -> Adapter:
 _TABLE = (
     _decoder("llama"),
     _decoder("mistral"),
-    _decoder("qwen2", head_dim=None, per_layer=("layer_types",)),  # no head_dim key: hidden // heads
+    _decoder(
+        "qwen2", head_dim=None, per_layer=("layer_types",)
+    ),  # no head_dim key: hidden // heads
     _decoder("qwen3", per_layer=("layer_types",)),
     _decoder("gemma"),
     _decoder("gemma2", per_layer=("layer_types",)),
     _decoder("phi3", head_dim=None),
-    Adapter("gpt2", hidden="n_embd", intermediate="n_inner", heads="n_head", layers="n_layer",
-            layer_paths=("h",), use_cache=True, layer_idx=True, norms=("LayerNorm",)),
-    Adapter("opt", intermediate="ffn_dim", layer_paths=("decoder.layers",), use_cache=True, layer_idx=True,
-            norms=("LayerNorm",)),
-    Adapter("gpt_neox", layer_paths=("layers",), use_cache=True, layer_idx=True, norms=("LayerNorm",)),
-    Adapter("falcon", intermediate="ffn_hidden_size", kv_heads="num_kv_heads", multi_query="multi_query",
-            head_dim="head_dim", layer_paths=("h",), use_cache=True, layer_idx=True, norms=("LayerNorm",)),
+    Adapter(
+        "gpt2",
+        hidden="n_embd",
+        intermediate="n_inner",
+        heads="n_head",
+        layers="n_layer",
+        layer_paths=("h",),
+        use_cache=True,
+        layer_idx=True,
+        norms=("LayerNorm",),
+    ),
+    Adapter(
+        "opt",
+        intermediate="ffn_dim",
+        layer_paths=("decoder.layers",),
+        use_cache=True,
+        layer_idx=True,
+        norms=("LayerNorm",),
+    ),
+    Adapter(
+        "gpt_neox", layer_paths=("layers",), use_cache=True, layer_idx=True, norms=("LayerNorm",)
+    ),
+    Adapter(
+        "falcon",
+        intermediate="ffn_hidden_size",
+        kv_heads="num_kv_heads",
+        multi_query="multi_query",
+        head_dim="head_dim",
+        layer_paths=("h",),
+        use_cache=True,
+        layer_idx=True,
+        norms=("LayerNorm",),
+    ),
     # BERT/RoBERTa attention carries layer_idx (a cache when used as a decoder) and forward takes use_cache
     _encoder("bert", use_cache=True, layer_idx=True),
     _encoder("roberta", use_cache=True, layer_idx=True),
-    _encoder("distilbert", hidden="dim", intermediate="hidden_dim", heads="n_heads", layers="n_layers",
-             layer_paths=("transformer.layer",)),
-    _encoder("vit", layer_paths=("layers", "encoder.layer")),  # transformers 5 dropped ViT's `encoder`
+    _encoder(
+        "distilbert",
+        hidden="dim",
+        intermediate="hidden_dim",
+        heads="n_heads",
+        layers="n_layers",
+        layer_paths=("transformer.layer",),
+    ),
+    _encoder(
+        "vit", layer_paths=("layers", "encoder.layer")
+    ),  # transformers 5 dropped ViT's `encoder`
     # CNNs: widths per stage; ConvNeXt's layers sit in one ModuleList per stage (config.depths)
-    Adapter("convnext", hidden="hidden_sizes", intermediate=None, heads=None, layers=None,
-            layer_paths=("encoder.stages.*.layers",), stage_depths="depths",
-            norms=("ConvNextLayerNorm", "LayerNorm")),
+    Adapter(
+        "convnext",
+        hidden="hidden_sizes",
+        intermediate=None,
+        heads=None,
+        layers=None,
+        layer_paths=("encoder.stages.*.layers",),
+        stage_depths="depths",
+        norms=("ConvNextLayerNorm", "LayerNorm"),
+    ),
     # ResNet's per-stage layers are an nn.Sequential (not deletable): no layer list
-    Adapter("resnet", hidden="hidden_sizes", intermediate=None, heads=None, layers=None,
-            stage_depths="depths", norms=("BatchNorm2d",)),
+    Adapter(
+        "resnet",
+        hidden="hidden_sizes",
+        intermediate=None,
+        heads=None,
+        layers=None,
+        stage_depths="depths",
+        norms=("BatchNorm2d",),
+    ),
 )
 
 ADAPTERS: dict[str, Adapter] = {a.model_type: a for a in _TABLE}
@@ -137,7 +197,14 @@ ADAPTERS: dict[str, Adapter] = {a.model_type: a for a in _TABLE}
 # an unknown family's keys are the first of these its config has (Hugging Face's common spellings)
 _ALTERNATIVES = {
     "hidden": ("hidden_size", "n_embd", "d_model", "dim"),
-    "intermediate": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim", "ffn_hidden_size"),
+    "intermediate": (
+        "intermediate_size",
+        "n_inner",
+        "ffn_dim",
+        "d_ff",
+        "hidden_dim",
+        "ffn_hidden_size",
+    ),
     "heads": ("num_attention_heads", "n_head", "n_heads", "num_heads"),
     "kv_heads": ("num_key_value_heads", "num_kv_heads", "n_head_kv"),
     "head_dim": ("head_dim",),
@@ -158,9 +225,11 @@ def derive(config: Any) -> Adapter:
         return GENERIC
     # a key the config holds itself before an alias of Hugging Face's attribute_map (T5: d_model)
     own = [k for k, v in getattr(config, "__dict__", {}).items() if v is not None]
-    found = {field: next((k for k in keys if k in own), None)
-             or next((k for k in keys if getattr(config, k, None) is not None), None)
-             for field, keys in _ALTERNATIVES.items()}
+    found = {
+        field: next((k for k in keys if k in own), None)
+        or next((k for k in keys if getattr(config, k, None) is not None), None)
+        for field, keys in _ALTERNATIVES.items()
+    }
     # today's rule counts layers with num_hidden_layers (HF maps n_layer etc. onto it) when it exists
     if getattr(config, "num_hidden_layers", None) is not None:
         found["layers"] = "num_hidden_layers"

@@ -9,8 +9,8 @@ from typing import Any, Iterable
 
 import torch
 
-from ..errors import InputError
 from .._tree import tensor_leaves
+from ..errors import InputError
 
 LABEL_KEYS = ("labels", "label")
 STREAM_SAMPLES = 256  # samples read from an iterator without a length when num_samples is not given
@@ -30,13 +30,21 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
         return (x if isinstance(x, (torch.Tensor, Mapping)) else tuple(x)), batch[1]
     if isinstance(batch, (tuple, list)):
         return tuple(batch), None
-    raise InputError(f"a batch must be a tensor, a tuple or a dict of tensors, got {type(batch).__name__}")
+    raise InputError(
+        f"a batch must be a tensor, a tuple or a dict of tensors, got {type(batch).__name__}"
+    )
 
 
 def _are_labels(x: Any, y: Any) -> bool:
     leaves = tensor_leaves(x)
-    return (isinstance(y, torch.Tensor) and not y.is_floating_point() and y.dim() == 1 and bool(leaves)
-            and leaves[0].dim() > 0 and len(y) == leaves[0].shape[0])
+    return (
+        isinstance(y, torch.Tensor)
+        and not y.is_floating_point()
+        and y.dim() == 1
+        and bool(leaves)
+        and leaves[0].dim() > 0
+        and len(y) == leaves[0].shape[0]
+    )
 
 
 def batch_size(batch: Any) -> int:
@@ -49,8 +57,10 @@ def _from_dataset(ds: Any, batch_size_: int) -> list[dict]:
     ds = ds.with_format("torch")
     cols = [c for c in ds.column_names if isinstance(ds[0][c], torch.Tensor)]
     if not cols:
-        raise InputError("the dataset has no tensor columns: tokenize it first (e.g. ds.map(tokenizer))")
-    return [{c: ds[i:i + batch_size_][c] for c in cols} for i in range(0, len(ds), batch_size_)]
+        raise InputError(
+            "the dataset has no tensor columns: tokenize it first (e.g. ds.map(tokenizer))"
+        )
+    return [{c: ds[i : i + batch_size_][c] for c in cols} for i in range(0, len(ds), batch_size_)]
 
 
 def as_batches(data: Any, num_samples: int | None = None, batch_size_: int = 8) -> list:
@@ -73,11 +83,16 @@ def as_batches(data: Any, num_samples: int | None = None, batch_size_: int = 8) 
     elif isinstance(data, Iterable):
         batches = data
     else:
-        raise InputError(f"data must be an iterable of batches, a DataLoader, a datasets.Dataset or a tensor, "
-                         f"got {type(data).__name__}")
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
-                                    or num_samples < 1):
-        raise InputError(f"num_samples={num_samples!r}: a whole number of samples ≥ 1 (or None for all)")
+        raise InputError(
+            f"data must be an iterable of batches, a DataLoader, a datasets.Dataset or a tensor, "
+            f"got {type(data).__name__}"
+        )
+    if num_samples is not None and (
+        isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    ):
+        raise InputError(
+            f"num_samples={num_samples!r}: a whole number of samples ≥ 1 (or None for all)"
+        )
     cap = num_samples
     if cap is None and not _has_len(batches):
         cap = STREAM_SAMPLES  # a stream (generator, IterableDataset) may never end
@@ -85,8 +100,11 @@ def as_batches(data: Any, num_samples: int | None = None, batch_size_: int = 8) 
     for b in batches:
         if cap is not None and n >= cap:
             if num_samples is None:
-                warnings.warn(f"read the first {cap} samples of a stream without a length and stopped: "
-                              f"pass num_samples= to read more or fewer", stacklevel=2)
+                warnings.warn(
+                    f"read the first {cap} samples of a stream without a length and stopped: "
+                    f"pass num_samples= to read more or fewer",
+                    stacklevel=2,
+                )
             break
         size = batch_size(b)
         if cap is not None and n + size > cap:
@@ -112,8 +130,10 @@ def _check_finite(batch: Any, index: int) -> None:
     """InputError naming calibration batch ``index`` when one of its floating tensors holds NaN or inf."""
     for t in tensor_leaves(batch):
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise InputError(f"calibration batch {index} contains NaN or inf ({int((~torch.isfinite(t)).sum())} "
-                             f"values in a {list(t.shape)} tensor): clean or drop that batch")
+            raise InputError(
+                f"calibration batch {index} contains NaN or inf ({int((~torch.isfinite(t)).sum())} "
+                f"values in a {list(t.shape)} tensor): clean or drop that batch"
+            )
 
 
 def _cut(batch: Any, k: int) -> Any:
@@ -136,9 +156,21 @@ def __getattr__(name: str):
         import importlib
         import warnings
 
-        warnings.warn(f"flowprune.data.{name} moved to flowprune.score.{name}", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"flowprune.data.{name} moved to flowprune.score.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(importlib.import_module("flowprune.score.quality"), name)
     raise AttributeError(f"module 'flowprune.data' has no attribute {name!r}")
 
-__all__ = ["as_batches", "split_batch", "batch_size", "wikitext", "python_docs", "python_docs_text",
-           "text_files"]
+
+__all__ = [
+    "as_batches",
+    "split_batch",
+    "batch_size",
+    "wikitext",
+    "python_docs",
+    "python_docs_text",
+    "text_files",
+]

@@ -18,7 +18,18 @@ from ..errors import InputError
 # CIFAR-10 channel statistics (of its training set), the usual normalisation
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -26,12 +37,15 @@ def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def _take(x: torch.Tensor, y: torch.Tensor, num_samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _take(
+    x: torch.Tensor, y: torch.Tensor, num_samples: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     return (x, y) if num_samples is None else (x[:num_samples], y[:num_samples])
 
 
-def cifar10_local(root: str | os.PathLike, split: str = "train",
-                  num_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def cifar10_local(
+    root: str | os.PathLike, split: str = "train", num_samples: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 from ``root`` holding the python-pickle batches (``data_batch_1`` … ``data_batch_5``,
     ``test_batch``), or its ``cifar-10-batches-py`` subdirectory.
 
@@ -45,37 +59,50 @@ def cifar10_local(root: str | os.PathLike, split: str = "train",
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
-        raise InputError(f"{root} has no CIFAR-10 batches {missing}: pass the directory that holds "
-                         f"data_batch_1..5 and test_batch (the 'CIFAR-10 python version' archive, unpacked)")
+        raise InputError(
+            f"{root} has no CIFAR-10 batches {missing}: pass the directory that holds "
+            f"data_batch_1..5 and test_batch (the 'CIFAR-10 python version' archive, unpacked)"
+        )
     xs, ys = [], []
     for n in names:
         with open(root / n, "rb") as f:
             d = pickle.load(f, encoding="bytes")
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # rows: R(1024) G B
+        xs.append(
+            np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        )  # rows: R(1024) G B
         ys.append(np.asarray(d[b"labels"], dtype=np.int64))
     x = torch.from_numpy(np.concatenate(xs)).float() / 255
-    return _take(_normalise(x, CIFAR_MEAN, CIFAR_STD), torch.from_numpy(np.concatenate(ys)), num_samples)
+    return _take(
+        _normalise(x, CIFAR_MEAN, CIFAR_STD), torch.from_numpy(np.concatenate(ys)), num_samples
+    )
 
 
-def cifar10_hub(split: str = "train", num_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def cifar10_hub(
+    split: str = "train", num_samples: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 through ``datasets.load_dataset("cifar10")``: needs the Hugging Face hub or its cache."""
     try:
         import datasets
 
         ds = datasets.load_dataset("cifar10", split=split)
     except Exception as e:  # offline, no cache
-        raise InputError(f"could not load cifar10 from the hub ({type(e).__name__}: {str(e)[:160]}); offline, "
-                         f"use cifar10_local(DIR) with the python-pickle batches or digits32()") from e
+        raise InputError(
+            f"could not load cifar10 from the hub ({type(e).__name__}: {str(e)[:160]}); offline, "
+            f"use cifar10_local(DIR) with the python-pickle batches or digits32()"
+        ) from e
     if num_samples is not None:
         ds = ds.select(range(min(num_samples, len(ds))))
     key = "img" if "img" in ds.column_names else "image"
-    x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in ds[key]]))
+    x = torch.from_numpy(
+        np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in ds[key]])
+    )
     x = x.permute(0, 3, 1, 2).float() / 255  # [N, H, W, 3] -> [N, 3, H, W]
     return _normalise(x, CIFAR_MEAN, CIFAR_STD), torch.tensor(ds["label"], dtype=torch.int64)
 
 
-def digits32(split: str = "train", num_samples: int | None = None,
-             test_fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+def digits32(
+    split: str = "train", num_samples: int | None = None, test_fraction: float = 0.25
+) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 handwritten digits (8×8, 10 classes) upscaled bilinearly to 32×32 and copied
     to 3 channels: a CIFAR-shaped task that needs no download.  A fixed shuffled split.
 
@@ -94,12 +121,15 @@ def digits32(split: str = "train", num_samples: int | None = None,
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     cut = int(len(y) * (1 - test_fraction))
     idx = order[:cut] if split == "train" else order[cut:]
-    x = (x - x[order[:cut]].mean()) / x[order[:cut]].std()  # the training split's statistics, for both
+    x = (x - x[order[:cut]].mean()) / x[
+        order[:cut]
+    ].std()  # the training split's statistics, for both
     return _take(x[idx], y[idx], num_samples)
 
 
-def image_classification(root: str | os.PathLike | None = None, num_train: int | None = None,
-                         num_test: int | None = None) -> tuple[tuple, tuple, str]:
+def image_classification(
+    root: str | os.PathLike | None = None, num_train: int | None = None, num_test: int | None = None
+) -> tuple[tuple, tuple, str]:
     """(train (x, y), test (x, y), source): CIFAR-10 from ``root`` (or the ``FLOWPRUNE_CIFAR10``
     directory) when one is given, else through ``datasets`` (the hub or its cache), else digits32;
     ``source`` says which.
@@ -110,12 +140,18 @@ def image_classification(root: str | os.PathLike | None = None, num_train: int |
     root = root or os.environ.get("FLOWPRUNE_CIFAR10")
     if root:
         try:
-            return cifar10_local(root, "train", num_train), cifar10_local(root, "test", num_test), f"CIFAR-10 ({root})"
+            return (
+                cifar10_local(root, "train", num_train),
+                cifar10_local(root, "test", num_test),
+                f"CIFAR-10 ({root})",
+            )
         except InputError as e:
             tried.append(str(e))
     try:  # offline (HF_DATASETS_OFFLINE=1) this still finds a cached copy, and fails at once without one
         return cifar10_hub("train", num_train), cifar10_hub("test", num_test), "CIFAR-10 (datasets)"
     except InputError as e:
         tried.append(str(e).split(";")[0])
-    source = "scikit-learn digits upscaled to 32×32 (CIFAR-10 unavailable: " + "; ".join(tried) + ")"
+    source = (
+        "scikit-learn digits upscaled to 32×32 (CIFAR-10 unavailable: " + "; ".join(tried) + ")"
+    )
     return digits32("train", num_train), digits32("test", num_test), source

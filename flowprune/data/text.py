@@ -8,12 +8,9 @@ batches cut from the tokenized text in non-overlapping windows spread evenly ove
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -28,16 +25,20 @@ def _ids(tokenizer: Tokenizer, text: str) -> torch.Tensor:
     return torch.as_tensor(ids, dtype=torch.long).flatten()
 
 
-def windows(ids: torch.Tensor, seq_len: int, num_samples: int | None, batch_size: int) -> list[dict]:
+def windows(
+    ids: torch.Tensor, seq_len: int, num_samples: int | None, batch_size: int
+) -> list[dict]:
     """Non-overlapping windows of ``seq_len`` tokens, ``num_samples`` of them spread evenly (all if None)."""
     n = len(ids) // seq_len
     if n == 0:
-        raise InputError(f"the text has {len(ids)} tokens, fewer than seq_len={seq_len}: use a shorter seq_len")
+        raise InputError(
+            f"the text has {len(ids)} tokens, fewer than seq_len={seq_len}: use a shorter seq_len"
+        )
     starts = torch.arange(n) * seq_len
     if num_samples is not None and num_samples < n:
         starts = starts[torch.linspace(0, n - 1, num_samples).round().long()]
-    rows = torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
-    return [{"input_ids": rows[i:i + batch_size]} for i in range(0, len(rows), batch_size)]
+    rows = torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    return [{"input_ids": rows[i : i + batch_size]} for i in range(0, len(rows), batch_size)]
 
 
 def _split(text: str, split: str, held_out: float = 0.1) -> str:
@@ -57,8 +58,13 @@ def python_docs_text(split: str = "train") -> str:
     return _split("\n\n".join(topics[k] for k in sorted(topics)), split)
 
 
-def python_docs(tokenizer: Tokenizer, split: str = "train", seq_len: int = 128, num_samples: int | None = 32,
-                batch_size: int = 8) -> list[dict]:
+def python_docs(
+    tokenizer: Tokenizer,
+    split: str = "train",
+    seq_len: int = 128,
+    num_samples: int | None = 32,
+    batch_size: int = 8,
+) -> list[dict]:
     """Batches from CPython's documentation; available offline on every machine.
 
     >>> batches = flowprune.data.python_docs(tokenizer, seq_len=128, num_samples=32)
@@ -66,8 +72,14 @@ def python_docs(tokenizer: Tokenizer, split: str = "train", seq_len: int = 128, 
     return windows(_ids(tokenizer, python_docs_text(split)), seq_len, num_samples, batch_size)
 
 
-def text_files(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, split: str | None = None,
-               seq_len: int = 128, num_samples: int | None = 32, batch_size: int = 8) -> list[dict]:
+def text_files(
+    paths: Sequence[str | os.PathLike],
+    tokenizer: Tokenizer,
+    split: str | None = None,
+    seq_len: int = 128,
+    num_samples: int | None = 32,
+    batch_size: int = 8,
+) -> list[dict]:
     """Batches from local UTF-8 text files (``split`` "train"/"test" takes 90 % / the last 10 %)."""
     texts = []
     for p in paths:
@@ -76,19 +88,28 @@ def text_files(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer, split: 
             raise InputError(f"text file {str(p)!r} does not exist")
         texts.append(p.read_text(encoding="utf-8", errors="replace"))
     text = "\n\n".join(texts)
-    return windows(_ids(tokenizer, _split(text, split) if split else text), seq_len, num_samples, batch_size)
+    return windows(
+        _ids(tokenizer, _split(text, split) if split else text), seq_len, num_samples, batch_size
+    )
 
 
-def wikitext(tokenizer: Tokenizer, split: str = "train", seq_len: int = 128, num_samples: int | None = 32,
-             batch_size: int = 8) -> list[dict]:
+def wikitext(
+    tokenizer: Tokenizer,
+    split: str = "train",
+    seq_len: int = 128,
+    num_samples: int | None = 32,
+    batch_size: int = 8,
+) -> list[dict]:
     """Batches from Wikitext-2 (raw) through ``datasets``; needs the Hugging Face hub or its cache."""
     try:
         import datasets
 
         ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
     except Exception as e:  # offline, no cache, hub down
-        raise InputError(f"could not load wikitext-2 ({type(e).__name__}: {str(e)[:200]}). Offline, use "
-                         f"flowprune.data.python_docs(tokenizer) (CPython's documentation, always available) or "
-                         f"flowprune.data.text_files([...], tokenizer); on the command line --data python-docs "
-                         f"or --data text:PATH") from e
+        raise InputError(
+            f"could not load wikitext-2 ({type(e).__name__}: {str(e)[:200]}). Offline, use "
+            f"flowprune.data.python_docs(tokenizer) (CPython's documentation, always available) or "
+            f"flowprune.data.text_files([...], tokenizer); on the command line --data python-docs "
+            f"or --data text:PATH"
+        ) from e
     return windows(_ids(tokenizer, "\n\n".join(ds["text"])), seq_len, num_samples, batch_size)

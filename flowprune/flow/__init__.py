@@ -21,10 +21,9 @@ import networkx as nx
 import torch
 from tqdm.auto import tqdm
 
-from ..graph.tap import Tap
 from ..graph.removal import encloses
+from ..graph.tap import Tap
 from ..score.engine import Engine, _clone
-
 
 
 def _rows(a: torch.Tensor) -> torch.Tensor:
@@ -68,12 +67,19 @@ class _Stats:
                 self.l1_rest[i] += y_l1 - float(z.abs().sum())
                 if i in self.focus:
                     zr, yr_i, yn = _rows(z), yr, y_norm
-                    if zr.shape[0] != yr.shape[0]:  # not concatenated within tokens (e.g. [B, C, L] along C)
-                        zr, yr_i = z.flatten(1), y.flatten(1)  # per sample: exact if joined within samples
+                    if (
+                        zr.shape[0] != yr.shape[0]
+                    ):  # not concatenated within tokens (e.g. [B, C, L] along C)
+                        zr, yr_i = (
+                            z.flatten(1),
+                            y.flatten(1),
+                        )  # per sample: exact if joined within samples
                         yn = yr_i.norm(dim=1)
                     if zr.shape[0] != yr_i.shape[0]:
                         continue  # joined across samples: only its energy share and proximity are defined
-                    cos = ((yn.pow(2) - zr.pow(2).sum(1)).clamp_min(0).sqrt() / yn.clamp_min(1e-30)).clamp(0, 1)
+                    cos = (
+                        (yn.pow(2) - zr.pow(2).sum(1)).clamp_min(0).sqrt() / yn.clamp_min(1e-30)
+                    ).clamp(0, 1)
                     self._angles(i, zr, cos)
                 continue
             rest = _rows(ops[1 - i] if pair else y - z)
@@ -95,9 +101,12 @@ class _Stats:
     def local(self, i: int) -> dict[str, float]:
         prox = {j: max(0.0, self.y_l1 - self.l1_rest[j]) for j in self.sq}
         n = max(self.count[i], 1)
-        return {"energy": self.sq[i] / max(self.y_sq, 1e-30),
-                "proximity": prox[i] / max(sum(prox.values()), 1e-30),
-                "llmdrop": 1 - self.cos[i] / n, "angular": self.ang[i] / n}
+        return {
+            "energy": self.sq[i] / max(self.y_sq, 1e-30),
+            "proximity": prox[i] / max(sum(prox.values()), 1e-30),
+            "llmdrop": 1 - self.cos[i] / n,
+            "angular": self.ang[i] / n,
+        }
 
     def shares(self) -> list[float]:
         tot = sum(self.sq.values())
@@ -118,16 +127,24 @@ def information_flow(eng: Engine, graph_flow: dict | None = None) -> dict[str, d
             focus[c.merge].add(c.operand)
     mstats = {m.vid: _Stats(focus.get(m.vid, set())) for m in merges.values()}
     lstats = {c.id: _Stats({1}) for c in layers.values()}
-    tap = Tap(eng.model, merges=set(merges), calls=set(layers),
-              on_merge=lambda key, ops, y: mstats[merges[key].vid].update(ops, y),
-              on_call=lambda key, x, y: lstats[layers[key].id].update([x, y - x], y))
+    tap = Tap(
+        eng.model,
+        merges=set(merges),
+        calls=set(layers),
+        on_merge=lambda key, ops, y: mstats[merges[key].vid].update(ops, y),
+        on_call=lambda key, x, y: lstats[layers[key].id].update([x, y - x], y),
+    )
     refs = []
     with eng.alphas(torch.ones(len(eng.candidates))), torch.no_grad(), tap:
-        for i in tqdm(range(len(eng.batches)), desc="information flow", disable=not eng.progress, leave=False):
+        for i in tqdm(
+            range(len(eng.batches)), desc="information flow", disable=not eng.progress, leave=False
+        ):
             refs.append(_clone(eng.run(i)))
     if not eng.refs:
         eng.refs = refs
-    flow, weights = _propagate(g, {vid: s.shares() for vid, s in mstats.items() if s.sq})  # unobserved: equal split
+    flow, weights = _propagate(
+        g, {vid: s.shares() for vid, s in mstats.items() if s.sq}
+    )  # unobserved: equal split
     if graph_flow is not None:
         graph_flow["vertices"] = flow
         graph_flow["edges"] = {(u, v): flow[v] * w for (u, v), w in weights.items()}
@@ -135,23 +152,38 @@ def information_flow(eng: Engine, graph_flow: dict | None = None) -> dict[str, d
     for c in eng.candidates:
         if c.kind == "branch" and c.merge in mstats and mstats[c.merge].sq:
             st = mstats[c.merge]
-            out[c.id] = {**st.local(c.operand), "flow": flow.get(c.merge, 0.0) * st.shares()[c.operand]}
+            out[c.id] = {
+                **st.local(c.operand),
+                "flow": flow.get(c.merge, 0.0) * st.shares()[c.operand],
+            }
         elif c.kind == "layer" and c.id in lstats:
             out[c.id] = {**lstats[c.id].local(1), "flow": 0.0}
     for c in eng.candidates:  # a layer carries the flow of its branches, or all of its output's
         if c.kind == "layer" and c.id in out:
-            inner = [out[b.id]["flow"] for b in eng.candidates if b.kind == "branch" and encloses(c, b) and b.id in out]
-            out[c.id]["flow"] = sum(inner) if inner else sum(flow.get(v, 0.0) for v in g.call(c.cid).out_producers)
+            inner = [
+                out[b.id]["flow"]
+                for b in eng.candidates
+                if b.kind == "branch" and encloses(c, b) and b.id in out
+            ]
+            out[c.id]["flow"] = (
+                sum(inner) if inner else sum(flow.get(v, 0.0) for v in g.call(c.cid).out_producers)
+            )
     for c in eng.candidates:
         if c.id not in out:
             continue
-        enclosing = [l for l in eng.candidates if l.kind == "layer" and encloses(l, c) and l.id in out]
-        host = max(enclosing, key=lambda l: len(l.path)) if enclosing else c
+        enclosing = [
+            lay
+            for lay in eng.candidates
+            if lay.kind == "layer" and encloses(lay, c) and lay.id in out
+        ]
+        host = max(enclosing, key=lambda lay: len(lay.path)) if enclosing else c
         out[c.id]["shortgpt"] = out[host.id]["llmdrop"]
     return out
 
 
-def _propagate(g, shares: dict[str, list[float]]) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+def _propagate(
+    g, shares: dict[str, list[float]]
+) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """Share of the output reaching each vertex: merges split by their operands' energy shares, mul
     merges and other vertices split equally among their inputs.  Returns (vertex flow, the fraction of
     each edge's head's flow that comes along the edge)."""

@@ -51,7 +51,9 @@ class CallStack(TorchFunctionMode):
         k = self.ncalls.get(module, 0)
         self.ncalls[module] = k + 1
         with internal():
-            frame = self.open_frame(module, self.paths.get(module, "?"), k, len(module._modules) == 0, args, kwargs)
+            frame = self.open_frame(
+                module, self.paths.get(module, "?"), k, len(module._modules) == 0, args, kwargs
+            )
         self.stack.append(frame)
 
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -73,8 +75,12 @@ class CallStack(TorchFunctionMode):
         top.raw_merges += 1
         return kind, key
 
-    def open_frame(self, module: nn.Module, path: str, k: int, leaf: bool, args: tuple, kwargs: dict) -> Any:
+    def open_frame(
+        self, module: nn.Module, path: str, k: int, leaf: bool, args: tuple, kwargs: dict
+    ) -> Any:
         raise NotImplementedError
 
-    def close_frame(self, frame: Any, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def close_frame(
+        self, frame: Any, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
         raise NotImplementedError

@@ -57,9 +57,13 @@ class Candidate:
     operand: int | None = None  # branch: position of the branch output among that merge's operands
     out_index: int = 0  # which tensor of the module's output is gated
     deletable: bool = False  # layer: can be deleted from a Hugging Face layer stack
-    cid: int = field(default=-1, repr=False, compare=False)  # index of the gated call in graph.calls
+    cid: int = field(
+        default=-1, repr=False, compare=False
+    )  # index of the gated call in graph.calls
     call: int | None = None  # the gated call of a module called several times (None: called once)
-    span: tuple[int, int] | None = field(default=None, repr=False, compare=False)  # (start, end) of that call
+    span: tuple[int, int] | None = field(
+        default=None, repr=False, compare=False
+    )  # (start, end) of that call
 
 
 def call_id(path: str, kind: str, call: int | None = None) -> str:
@@ -71,8 +75,16 @@ def _terms(graph: "FlowGraph", m: MergeRecord, by_vid: dict) -> list[tuple[Opera
     """Operands of add ``m`` with single-consumer inner adds expanded: (operand, merge it enters, position)."""
     out = []
     for i, op in enumerate(m.operands):
-        inner = by_vid.get(next(iter(op.producers))) if len(op.producers) == 1 and op.origin is None else None
-        if inner is not None and inner.kind == "add" and set(graph.nx.successors(inner.vid)) == {m.vid}:
+        inner = (
+            by_vid.get(next(iter(op.producers)))
+            if len(op.producers) == 1 and op.origin is None
+            else None
+        )
+        if (
+            inner is not None
+            and inner.kind == "add"
+            and set(graph.nx.successors(inner.vid)) == {m.vid}
+        ):
             out += _terms(graph, inner, by_vid)
         else:
             out.append((op, m.vid, i))
@@ -101,8 +113,11 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
     # a module called several times gives one candidate per call when one stub can stand for any call
     # (the same output structure every time); calls an earlier plan already skips are not offered again
     per_call = {p for p, n in ncalls.items() if n > 1 and _same_structures(graph.calls_of(p))}
-    skipped = {(n, k) for n, m in graph.model.named_modules()
-               for k in getattr(vars(m).get("forward"), "flowprune_skipped", ())}
+    skipped = {
+        (n, k)
+        for n, m in graph.model.named_modules()
+        for k in getattr(vars(m).get("forward"), "flowprune_skipped", ())
+    }
 
     def callable_once_or_each(rec) -> bool:
         n = ncalls[rec.path]
@@ -127,28 +142,50 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
         if m.kind not in ("add", "cat"):
             continue
         # a concat's inputs are its terms as they are (no flattening: positions are channel slices)
-        terms = _terms(graph, m, by_vid) if m.kind == "add" else [(op, m.vid, i) for i, op in enumerate(m.operands)]
+        terms = (
+            _terms(graph, m, by_vid)
+            if m.kind == "add"
+            else [(op, m.vid, i) for i, op in enumerate(m.operands)]
+        )
         for j, (op, enters, pos) in enumerate(terms):
             if op.origin is None:
                 continue
             cid, leaf_idx = op.origin
             rec = graph.call(cid)
-            if cid == 0 or cid in branches or not callable_once_or_each(rec) or rec.structure is None:
+            if (
+                cid == 0
+                or cid in branches
+                or not callable_once_or_each(rec)
+                or rec.structure is None
+            ):
                 continue
             if graph.consumers.get(cid, set()) != {enters}:
                 continue
             anc = ancestors(op.producers)
             if not any(s.producers & anc for k, (s, _, _) in enumerate(terms) if k != j):
                 continue
-            branches[cid] = Candidate(id=call_id(rec.path, "branch", index(rec)), kind="branch", path=rec.path,
-                                      merge=enters, operand=pos, out_index=leaf_idx, cid=cid, call=index(rec),
-                                      span=(rec.start, rec.end))
+            branches[cid] = Candidate(
+                id=call_id(rec.path, "branch", index(rec)),
+                kind="branch",
+                path=rec.path,
+                merge=enters,
+                operand=pos,
+                out_index=leaf_idx,
+                cid=cid,
+                call=index(rec),
+                span=(rec.start, rec.end),
+            )
     effects = {cid: effect(graph, [c]) for cid, c in branches.items()}
-    cands = [replace(c, params=effects[cid].params, flops=effects[cid].flops) for cid, c in branches.items()]
+    cands = [
+        replace(c, params=effects[cid].params, flops=effects[cid].flops)
+        for cid, c in branches.items()
+    ]
     regions = [r.path for e in effects.values() for r in e.replacements]
 
     modules = dict(graph.model.named_modules())
-    parents = {name: modules[name.rsplit(".", 1)[0] if "." in name else ""] for name in modules if name}
+    parents = {
+        name: modules[name.rsplit(".", 1)[0] if "." in name else ""] for name in modules if name
+    }
     stacks = set(layer_stacks(graph.model))
     adds_by_cid: dict[int, list[MergeRecord]] = {}
     for m in graph.merges:
@@ -158,9 +195,15 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
     for rec in graph.calls[1:]:
         if not callable_once_or_each(rec) or rec.identity_structure is None or rec.in_shape is None:
             continue
-        if rec.in_shape != rec.out_shape or rec.in_dtype != rec.out_dtype or not rec.out_dtype.is_floating_point:
+        if (
+            rec.in_shape != rec.out_shape
+            or rec.in_dtype != rec.out_dtype
+            or not rec.out_dtype.is_floating_point
+        ):
             continue
-        owners = [rec.path] if index(rec) is None else graph.aliases(rec.path)  # a list may hold it twice
+        owners = (
+            [rec.path] if index(rec) is None else graph.aliases(rec.path)
+        )  # a list may hold it twice
         if any(within(rec.path, r) for r in regions) or graph.params_within(owners) == 0:
             continue
         if rec.leaf and is_norm(graph.model.get_submodule(rec.path), graph.model):
@@ -168,17 +211,34 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
         parent = parents.get(rec.path)
         in_container = isinstance(parent, (nn.Sequential, nn.ModuleList))
         inside = [c for c in graph.calls if within(c.path, rec.path)]
-        residual = any(op.producers == rec.in_producers for c in inside for m in adds_by_cid.get(c.cid, [])
-                       for op in m.operands)
+        residual = any(
+            op.producers == rec.in_producers
+            for c in inside
+            for m in adds_by_cid.get(c.cid, [])
+            for op in m.operands
+        )
         if not (residual or in_container):
             continue
         parent_path = rec.path.rsplit(".", 1)[0] if "." in rec.path else ""
-        c = Candidate(id=call_id(rec.path, "layer", index(rec)), kind="layer", path=rec.path, cid=rec.cid,
-                      deletable=index(rec) is None and parent_path in stacks and isinstance(parent, nn.ModuleList)
-                      and not rec.side_consumed  # its successor would compute them anew: an identity stub
-                      and not indexed_inputs([s for s in graph.calls if s.parent == rec.parent
-                                              and s.path.rpartition(".")[0] == parent_path]),
-                      call=index(rec), span=(rec.start, rec.end))
+        c = Candidate(
+            id=call_id(rec.path, "layer", index(rec)),
+            kind="layer",
+            path=rec.path,
+            cid=rec.cid,
+            deletable=index(rec) is None
+            and parent_path in stacks
+            and isinstance(parent, nn.ModuleList)
+            and not rec.side_consumed  # its successor would compute them anew: an identity stub
+            and not indexed_inputs(
+                [
+                    s
+                    for s in graph.calls
+                    if s.parent == rec.parent and s.path.rpartition(".")[0] == parent_path
+                ]
+            ),
+            call=index(rec),
+            span=(rec.start, rec.end),
+        )
         e = effect(graph, [c])
         layers.append(replace(c, params=e.params, flops=e.flops))
     order = {c.cid: i for i, c in enumerate(graph.calls)}

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterable
 
 import networkx as nx
 from torch import nn
 
-from .recorder import CallRecord, MergeRecord, Recorder
 from .candidates import Candidate, call_id, find_candidates  # noqa: F401  (call_id re-exported)
+from .recorder import CallRecord, MergeRecord, Recorder
 from .removal import Effect, effect, encloses, within  # noqa: F401  (encloses: re-exported)
 
 if TYPE_CHECKING:
@@ -40,7 +39,11 @@ class FlowGraph:
         self.merges: list[MergeRecord] = rec.merges
         self.consumers: dict[int, set[str]] = rec.consumers
         for v, d in self.nx.nodes(data=True):
-            if d.get("kind") not in ("input", "output") and "cid" in d and d["kind"] not in ("add", "mul", "cat"):
+            if (
+                d.get("kind") not in ("input", "output")
+                and "cid" in d
+                and d["kind"] not in ("add", "mul", "cat")
+            ):
                 d["flops"] = self.calls[d["cid"]].flops
         self._by_path: dict[str, list[CallRecord]] = {}
         for c in self.calls:
@@ -88,8 +91,11 @@ class FlowGraph:
         """Vertices owned by module ``path`` or its submodules (cached: removal analysis asks often)."""
         cache = self.__dict__.setdefault("_within", {})
         if path not in cache:
-            cache[path] = {v for v, d in self.nx.nodes(data=True)
-                           if "cid" in d and within(self.calls[d["cid"]].path, path)}
+            cache[path] = {
+                v
+                for v, d in self.nx.nodes(data=True)
+                if "cid" in d and within(self.calls[d["cid"]].path, path)
+            }
         return cache[path]
 
     def module_paths_by_depth(self) -> list[str]:
@@ -106,7 +112,11 @@ class FlowGraph:
         return self._params(paths)
 
     def _params(self, paths: list[str]) -> int:
-        return sum(n for n, owners in self._owners.values() if all(any(within(o, p) for p in paths) for o in owners))
+        return sum(
+            n
+            for n, owners in self._owners.values()
+            if all(any(within(o, p) for p in paths) for o in owners)
+        )
 
     def flops_of(self, path: str) -> int:
         return sum(c.flops for c in self.calls_of(path))
@@ -141,7 +151,9 @@ class FlowGraph:
         from ..errors import CandidateError
 
         close = difflib.get_close_matches(cand_id, [c.id for c in self.candidates()], n=3)
-        raise CandidateError(f"no candidate {cand_id!r}" + (f"; did you mean {close}?" if close else ""))
+        raise CandidateError(
+            f"no candidate {cand_id!r}" + (f"; did you mean {close}?" if close else "")
+        )
 
     def effect(self, ids: Iterable[str], fill: str = "zeros") -> Effect:
         """Replacements, parameters and FLOPs saved by removing the candidates ``ids`` together."""
@@ -154,13 +166,18 @@ class FlowGraph:
         from ..plan import Plan, fingerprint
 
         if isinstance(ids, str):
-            raise InputError(f"graph.plan takes a list of candidate ids, got the string {ids!r}: "
-                             f"pass [{ids!r}]")
+            raise InputError(
+                f"graph.plan takes a list of candidate ids, got the string {ids!r}: pass [{ids!r}]"
+            )
         if fingerprint(self.model) != self.fingerprint:
-            raise PlanError("the model changed since this graph was traced (e.g. by apply_), so the graph's "
-                            "candidates no longer describe it: trace the model again and plan from the new graph")
+            raise PlanError(
+                "the model changed since this graph was traced (e.g. by apply_), so the graph's "
+                "candidates no longer describe it: trace the model again and plan from the new graph"
+            )
         ids = list(ids)
-        unknown = [i for i in ids if not isinstance(i, str) or i not in {c.id for c in self.candidates()}]
+        unknown = [
+            i for i in ids if not isinstance(i, str) or i not in {c.id for c in self.candidates()}
+        ]
         if unknown:
             self.candidate(str(unknown[0]))  # KeyError naming close ids
         return Plan.from_graph(self, ids, fill)
@@ -173,5 +190,7 @@ class FlowGraph:
         return "\n".join(rows)
 
     def __repr__(self) -> str:
-        return (f"FlowGraph({type(self.model).__name__}: {self.nx.number_of_nodes()} vertices, "
-                f"{self.nx.number_of_edges()} edges, {len(self.candidates())} candidates)")
+        return (
+            f"FlowGraph({type(self.model).__name__}: {self.nx.number_of_nodes()} vertices, "
+            f"{self.nx.number_of_edges()} edges, {len(self.candidates())} candidates)"
+        )

@@ -10,11 +10,29 @@ from typing import Iterator
 import torch
 
 MERGE_KIND = {
-    "add": "add", "add_": "add", "__add__": "add", "__radd__": "add", "__iadd__": "add",
-    "mul": "mul", "mul_": "mul", "__mul__": "mul", "__rmul__": "mul", "__imul__": "mul",
-    "cat": "cat", "concat": "cat", "concatenate": "cat",
+    "add": "add",
+    "add_": "add",
+    "__add__": "add",
+    "__radd__": "add",
+    "__iadd__": "add",
+    "mul": "mul",
+    "mul_": "mul",
+    "__mul__": "mul",
+    "__rmul__": "mul",
+    "__imul__": "mul",
+    "cat": "cat",
+    "concat": "cat",
+    "concatenate": "cat",
 }
-INPLACE_DUNDER = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__setitem__", "__ior__", "__iand__"}
+INPLACE_DUNDER = {
+    "__iadd__",
+    "__isub__",
+    "__imul__",
+    "__itruediv__",
+    "__setitem__",
+    "__ior__",
+    "__iand__",
+}
 
 _state = threading.local()
 

@@ -74,7 +74,9 @@ class CallRecord:
     start: int = 0  # event order: a call that ended before another started cannot depend on it
     end: int = 0
     _in_metas: list = field(default_factory=list, repr=False)
-    side_views: list = field(default_factory=list, repr=False)  # (storage ptr, offset) of non-primary inputs
+    side_views: list = field(
+        default_factory=list, repr=False
+    )  # (storage ptr, offset) of non-primary inputs
     # a tensor output other than the primary one was passed to a later module call (T5's position bias)
     side_consumed: bool = False
 
@@ -88,7 +90,11 @@ def _views(ts: list[torch.Tensor]) -> list[tuple[int, int]]:
     for t in ts:
         try:
             out.append((t.untyped_storage().data_ptr(), t.storage_offset()))
-        except (RuntimeError, NotImplementedError, AttributeError):  # nested, sparse, meta: no plain storage
+        except (
+            RuntimeError,
+            NotImplementedError,
+            AttributeError,
+        ):  # nested, sparse, meta: no plain storage
             pass
     return out
 
@@ -114,7 +120,9 @@ class Recorder(CallStack):
         self.calls: list[CallRecord] = []
         self.merges: list[MergeRecord] = []
         self.consumers: dict[int, set[str]] = {}
-        self.metas = WeakTensorKeyDictionary()  # tensor -> Meta; entries go with their tensors (memory)
+        self.metas = (
+            WeakTensorKeyDictionary()
+        )  # tensor -> Meta; entries go with their tensors (memory)
         self._merge_counts: dict[tuple, int] = {}
         self._events = 0
 
@@ -144,21 +152,38 @@ class Recorder(CallStack):
         for name, x in named:
             for j, t in enumerate(tensor_leaves(x)):
                 vid = f"input:{name}" if isinstance(x, torch.Tensor) else f"input:{name}.{j}"
-                self.graph.add_node(vid, kind="input", path="", params=0, flops=0,
-                                    in_shape=None, out_shape=tuple(t.shape))
+                self.graph.add_node(
+                    vid,
+                    kind="input",
+                    path="",
+                    params=0,
+                    flops=0,
+                    in_shape=None,
+                    out_shape=tuple(t.shape),
+                )
                 self.set_meta(t, Meta(frozenset([vid])))
 
     def add_output(self, out: Any) -> None:
-        self.graph.add_node("output", kind="output", path="", params=0, flops=0, in_shape=None, out_shape=None)
+        self.graph.add_node(
+            "output", kind="output", path="", params=0, flops=0, in_shape=None, out_shape=None
+        )
         metas = [m for t in tensor_leaves(out) if (m := self.meta(t)) is not None]
         self._consume("output", metas)
 
     # -- module calls ------------------------------------------------------------------------------
-    def open_frame(self, module: nn.Module, path: str, k: int, leaf: bool, args: tuple, kwargs: dict) -> CallRecord:
+    def open_frame(
+        self, module: nn.Module, path: str, k: int, leaf: bool, args: tuple, kwargs: dict
+    ) -> CallRecord:
         with internal():
             parent = self.stack[-1] if self.stack else None
-            rec = CallRecord(cid=len(self.calls), path=path, type_name=type(module).__name__,
-                             k=k, parent=parent.cid if parent else None, leaf=leaf)
+            rec = CallRecord(
+                cid=len(self.calls),
+                path=path,
+                type_name=type(module).__name__,
+                k=k,
+                parent=parent.cid if parent else None,
+                leaf=leaf,
+            )
             if parent:
                 parent.children.append(rec.cid)
             rec.start = self._events
@@ -168,7 +193,9 @@ class Recorder(CallStack):
                 m = self.meta(x)
                 rec.in_producers = m.producers if m else frozenset()
                 rec.in_shape, rec.in_dtype = tuple(x.shape), x.dtype
-            rec._in_metas = [(t, m) for t in flat_tensors(args, kwargs) if (m := self.meta(t)) is not None]
+            rec._in_metas = [
+                (t, m) for t in flat_tensors(args, kwargs) if (m := self.meta(t)) is not None
+            ]
             rec.side_views = _views([t for t in flat_tensors(args, kwargs) if t is not x])
             for _, m in rec._in_metas:
                 if m.origin is not None and m.origin[1] > 0:
@@ -176,7 +203,9 @@ class Recorder(CallStack):
             self.calls.append(rec)
             return rec
 
-    def close_frame(self, rec: CallRecord, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def close_frame(
+        self, rec: CallRecord, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
         with internal():
             rec.end = self._events
             self._events += 1
@@ -207,13 +236,26 @@ class Recorder(CallStack):
     def _post_leaf(self, module: nn.Module, rec: CallRecord, outs: list[torch.Tensor]) -> None:
         ins = rec._in_metas
         has_params = any(True for _ in module.parameters(recurse=False))
-        if not has_params and len(outs) == 1 and len(ins) == 1 and outs[0] is ins[0][0] and \
-                outs[0]._version == ins[0][0]._version:
+        if (
+            not has_params
+            and len(outs) == 1
+            and len(ins) == 1
+            and outs[0] is ins[0][0]
+            and outs[0]._version == ins[0][0]._version
+        ):
             return  # nn.Identity, eval-mode dropout: the same tensor passes through, no vertex
         vid = rec.path if rec.k == 0 else f"{rec.path}#{rec.k}"
         rec.vertex = vid
-        self.graph.add_node(vid, kind=rec.type_name, path=rec.path, params=sum(p.numel() for p in module.parameters(recurse=False)),
-                            flops=0, in_shape=rec.in_shape, out_shape=tuple(outs[0].shape) if outs else None, cid=rec.cid)
+        self.graph.add_node(
+            vid,
+            kind=rec.type_name,
+            path=rec.path,
+            params=sum(p.numel() for p in module.parameters(recurse=False)),
+            flops=0,
+            in_shape=rec.in_shape,
+            out_shape=tuple(outs[0].shape) if outs else None,
+            cid=rec.cid,
+        )
         self._consume(vid, [m for _, m in ins])
         for i, t in enumerate(outs):
             self.set_meta(t, Meta(frozenset([vid]), frozenset([rec.cid]), (rec.cid, i)))
@@ -236,8 +278,14 @@ class Recorder(CallStack):
                 self._track(name, kind, key, args, kwargs, out)
         return out
 
-    def _track(self, name: str, kind: str | None, key: tuple | None, args: tuple, kwargs: dict, out: Any) -> None:
-        ins = [(t, m) for t in flat_tensors(args, kwargs) if (m := self.meta(t)) is not None and m.producers]
+    def _track(
+        self, name: str, kind: str | None, key: tuple | None, args: tuple, kwargs: dict, out: Any
+    ) -> None:
+        ins = [
+            (t, m)
+            for t in flat_tensors(args, kwargs)
+            if (m := self.meta(t)) is not None and m.producers
+        ]
         if not ins:
             return
         operands = self._merge_operands(kind, args, kwargs)
@@ -247,24 +295,51 @@ class Recorder(CallStack):
             self._merge_counts[(rec.cid, kind)] = n + 1
             vid = f"{rec.path}{'' if rec.k == 0 else '#' + str(rec.k)}::{kind}{n}"
             metas = [self.meta(t) for t in operands]
-            self.graph.add_node(vid, kind=kind, path=rec.path, params=0, flops=0,
-                                in_shape=tuple(operands[0].shape), out_shape=tuple(out.shape), cid=rec.cid)
+            self.graph.add_node(
+                vid,
+                kind=kind,
+                path=rec.path,
+                params=0,
+                flops=0,
+                in_shape=tuple(operands[0].shape),
+                out_shape=tuple(out.shape),
+                cid=rec.cid,
+            )
             self._consume(vid, metas)
-            self.merges.append(MergeRecord(vid, kind, rec.cid, key[1],
-                                           [Operand(m.producers, m.origin, tuple(t.shape)) for t, m in zip(operands, metas)],
-                                           tuple(out.shape)))
+            self.merges.append(
+                MergeRecord(
+                    vid,
+                    kind,
+                    rec.cid,
+                    key[1],
+                    [
+                        Operand(m.producers, m.origin, tuple(t.shape))
+                        for t, m in zip(operands, metas)
+                    ],
+                    tuple(out.shape),
+                )
+            )
             new = Meta(frozenset([vid]))
         else:
-            new = Meta(frozenset().union(*(m.producers for _, m in ins)), frozenset().union(*(m.srcs for _, m in ins)),
-                       ins[0][1].origin if len(ins) == 1 else None)
+            new = Meta(
+                frozenset().union(*(m.producers for _, m in ins)),
+                frozenset().union(*(m.srcs for _, m in ins)),
+                ins[0][1].origin if len(ins) == 1 else None,
+            )
         for t in tensor_leaves(out) if isinstance(out, (torch.Tensor, tuple, list)) else []:
             self.set_meta(t, new)
         inplace = (name.endswith("_") and not name.startswith("_")) or name in INPLACE_DUNDER
-        target = kwargs.get("out") if isinstance(kwargs.get("out"), torch.Tensor) else (args[0] if inplace and args and isinstance(args[0], torch.Tensor) else None)
+        target = (
+            kwargs.get("out")
+            if isinstance(kwargs.get("out"), torch.Tensor)
+            else (args[0] if inplace and args and isinstance(args[0], torch.Tensor) else None)
+        )
         if target is not None:
             self.set_meta(target, new)
 
-    def _merge_operands(self, kind: str | None, args: tuple, kwargs: dict) -> list[torch.Tensor] | None:
+    def _merge_operands(
+        self, kind: str | None, args: tuple, kwargs: dict
+    ) -> list[torch.Tensor] | None:
         # A merge joins >= 2 traced activations; adding a bias, a mask or a parameter is transparent.
         if kind is None:
             return None

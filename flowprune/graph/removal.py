@@ -50,18 +50,33 @@ def encloses(outer: "Candidate", inner: "Candidate") -> bool:
 
 
 # module types whose tensors hold channels on dim 1 ([B, C, *spatial]) or on the last dim ([B, T, D])
-CHANNEL_FIRST: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
-                                   nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LocalResponseNorm)
-CHANNEL_LAST: tuple[type, ...] = (nn.Linear, nn.Bilinear, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention,
-                                  nn.RNNBase)
+CHANNEL_FIRST: tuple[type, ...] = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+CHANNEL_LAST: tuple[type, ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.LayerNorm,
+    nn.Embedding,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+)
 
 
 def _layout(m: nn.Module) -> str | None:
-    """"first", "last" or None (unknown) for one module, from its type."""
+    """ "first", "last" or None (unknown) for one module, from its type."""
     if isinstance(m, CHANNEL_FIRST):
         return "first"
     name = type(m).__name__
-    if isinstance(m, CHANNEL_LAST) or name == "Conv1D" or name.endswith(("RMSNorm", "LayerNorm", "Attention")):
+    if (
+        isinstance(m, CHANNEL_LAST)
+        or name == "Conv1D"
+        or name.endswith(("RMSNorm", "LayerNorm", "Attention"))
+    ):
         return "last"  # Conv1D: GPT-2's transposed Linear
     return None
 
@@ -81,8 +96,16 @@ def channel_dim(module: nn.Module | None, rank: int) -> int | None:
     kinds = set()
     if module is not None:
         own = _layout(module)
-        kinds = {own} if own else {_layout(m) for m in module.modules()
-                                   if next(m.parameters(recurse=False), None) is not None} - {None}
+        kinds = (
+            {own}
+            if own
+            else {
+                _layout(m)
+                for m in module.modules()
+                if next(m.parameters(recurse=False), None) is not None
+            }
+            - {None}
+        )
     if len(kinds) == 1:
         return 1 if kinds == {"first"} else rank - 1
     return 1 if rank >= 4 else None
@@ -93,33 +116,57 @@ def _fill_replacement(graph: "FlowGraph", c: "Candidate", fill: str) -> Replacem
     if fill == "zeros":
         return Replacement(c.path, "zeros", rec.structure, c.out_index)
     if c.call is not None:  # one fitted value would stand for every call of a shared module
-        raise PlanError(f"fill={fill!r} is not supported for {c.id}, one call of a module called several "
-                        f"times per forward; use fill='zeros' (or leave {c.id} out of the plan)")
+        raise PlanError(
+            f"fill={fill!r} is not supported for {c.id}, one call of a module called several "
+            f"times per forward; use fill='zeros' (or leave {c.id} out of the plan)"
+        )
     leaf = _tensor_leaf(rec.structure, c.out_index)
     # sizes: a dim bound to the input ("in:d") has the input's size
-    sizes = [rec.in_shape[int(d[3:])] if isinstance(d, str) else d for d in leaf["shape"]] if rec.in_shape else []
+    sizes = (
+        [rec.in_shape[int(d[3:])] if isinstance(d, str) else d for d in leaf["shape"]]
+        if rec.in_shape
+        else []
+    )
     module = dict(graph.model.named_modules()).get(c.path)
     feat = channel_dim(module, len(sizes)) if sizes else None
-    if fill == "mean":  # one value per channel (dim 1 of [B, C, H, W], last of [B, T, D]), averaged over the rest
+    if (
+        fill == "mean"
+    ):  # one value per channel (dim 1 of [B, C, H, W], last of [B, T, D]), averaged over the rest
         feat = len(sizes) - 1 if feat is None else feat
-        return Replacement(c.path, "mean", rec.structure, c.out_index,
-                           [int(n) if d == feat else 1 for d, n in enumerate(sizes)])
+        return Replacement(
+            c.path,
+            "mean",
+            rec.structure,
+            c.out_index,
+            [int(n) if d == feat else 1 for d, n in enumerate(sizes)],
+        )
     what = f"{c.id} ({type(module).__name__})"
     hint = f"; use fill='mean' or fill='zeros' (or leave {c.id} out of the plan)"
     if not sizes or len(sizes) != len(rec.in_shape):
-        raise PlanError(f"fill='linear' cannot be fitted for branch {what}: it maps an input of shape "
-                        f"{rec.in_shape} to an output of shape {sizes or 'unknown'}" + hint)
+        raise PlanError(
+            f"fill='linear' cannot be fitted for branch {what}: it maps an input of shape "
+            f"{rec.in_shape} to an output of shape {sizes or 'unknown'}" + hint
+        )
     if feat is None:
-        raise PlanError(f"fill='linear' cannot be fitted for branch {what}: its channel dim cannot be told "
-                        f"from the module type or the shape {list(sizes)} ([B, T, D] or [B, C, L]?)" + hint)
+        raise PlanError(
+            f"fill='linear' cannot be fitted for branch {what}: its channel dim cannot be told "
+            f"from the module type or the shape {list(sizes)} ([B, T, D] or [B, C, L]?)" + hint
+        )
     rest_in = [n for d, n in enumerate(rec.in_shape) if d != feat]
     rest_out = [n for d, n in enumerate(sizes) if d != feat]
     if list(rest_in) != list(rest_out):  # strided, pooled, upsampled: no position-wise map
-        raise PlanError(f"fill='linear' cannot be fitted for branch {what}: outside the channel dim {feat} its "
-                        f"input {list(rec.in_shape)} and output {list(sizes)} differ (stride, pooling?)" + hint)
+        raise PlanError(
+            f"fill='linear' cannot be fitted for branch {what}: outside the channel dim {feat} its "
+            f"input {list(rec.in_shape)} and output {list(sizes)} differ (stride, pooling?)" + hint
+        )
     dim = -1 if feat == len(sizes) - 1 else feat
-    return Replacement(c.path, "linear", rec.structure, c.out_index,
-                       [int(rec.in_shape[feat]), int(sizes[feat]), dim])
+    return Replacement(
+        c.path,
+        "linear",
+        rec.structure,
+        c.out_index,
+        [int(rec.in_shape[feat]), int(sizes[feat]), dim],
+    )
 
 
 def linear_fill_positions(shape: Sequence[int], dim: int) -> int:
@@ -133,7 +180,11 @@ def _tensor_leaf(structure: dict, index: int) -> dict:
     def walk(s: dict) -> None:
         if s["t"] in ("tensor", "input"):
             leaves.append(s)
-        for v in (s.get("items") or []) if s["t"] in ("tuple", "list") else (s.get("items") or {}).values():
+        for v in (
+            (s.get("items") or [])
+            if s["t"] in ("tuple", "list")
+            else (s.get("items") or {}).values()
+        ):
             walk(v)
 
     walk(structure)
@@ -148,7 +199,9 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"], fill: str = "zer
     removals = list(removals)
     layers = [c for c in removals if c.kind == "layer"]
     # a candidate inside a removed layer goes with it (per-call: inside that very call)
-    chosen = [c for c in removals if not any(c.path != l.path and encloses(l, c) for l in layers)]
+    chosen = [
+        c for c in removals if not any(c.path != lay.path and encloses(lay, c) for lay in layers)
+    ]
     per_call = [c for c in chosen if c.call is not None]
     reps: list[Replacement] = []
     for c in chosen:
@@ -157,8 +210,13 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"], fill: str = "zer
                 _fill_replacement(graph, c, fill)  # raises for a fill other than zeros
             continue
         if c.kind == "layer":
-            reps.append(Replacement(c.path, "delete" if c.deletable else "identity",
-                                    None if c.deletable else graph.call(c.cid).identity_structure))
+            reps.append(
+                Replacement(
+                    c.path,
+                    "delete" if c.deletable else "identity",
+                    None if c.deletable else graph.call(c.cid).identity_structure,
+                )
+            )
         else:
             reps.append(_fill_replacement(graph, c, fill))
     removed_paths = [r.path for r in reps] + [c.path for c in per_call]
@@ -167,8 +225,12 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"], fill: str = "zer
     layer_paths = [r.path for r in reps if r.mode not in ("zeros", "mean")]  # pass their input on
     # per-call removals act on the calls made while the removed call ran, not on the whole module
     call_zero = {x for c in per_call if c.kind == "branch" for x in graph.subtree(c.cid)}
-    call_layer = {x: f"removed:{graph.call(c.cid).key}" for c in per_call if c.kind == "layer"
-                  for x in graph.subtree(c.cid)}
+    call_layer = {
+        x: f"removed:{graph.call(c.cid).key}"
+        for c in per_call
+        if c.kind == "layer"
+        for x in graph.subtree(c.cid)
+    }
     # A removed layer still passes its input on: contract its vertices into one node (conservative:
     # its side inputs stay live).  A zero stub passes nothing: its vertices go.
     # Membership by call, not by name: a module shared by two parents (Flaubert's one activation object
@@ -176,7 +238,12 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"], fill: str = "zer
     merge_into = {}
     killed = set()
     zero_calls = {x for p in zero_paths for c in graph.calls_of(p) for x in graph.subtree(c.cid)}
-    layer_calls = {x: f"removed:{p}" for p in layer_paths for c in graph.calls_of(p) for x in graph.subtree(c.cid)}
+    layer_calls = {
+        x: f"removed:{p}"
+        for p in layer_paths
+        for c in graph.calls_of(p)
+        for x in graph.subtree(c.cid)
+    }
     for v, d in G.nodes(data=True):
         if "cid" not in d:
             continue
@@ -204,19 +271,32 @@ def effect(graph: "FlowGraph", removals: Iterable["Candidate"], fill: str = "zer
     shared = _per_call_replacements(graph, skips, gone)
     reps += shared
     # a replaced module is replaced under every name the model holds it by (see apply)
-    full = [a for r in reps if r.calls is None for a in graph.aliases(r.path)] + \
-        [a for r in shared if r.every_call for a in graph.aliases(r.path)]
+    full = [a for r in reps if r.calls is None for a in graph.aliases(r.path)] + [
+        a for r in shared if r.every_call for a in graph.aliases(r.path)
+    ]
     inner = set().union(*(graph.subtree(x) - {x} for x in gone)) if gone else set()
-    flops = sum(graph.call(x).flops for x in gone - inner)  # outermost calls only: nothing counted twice
-    linear = [r for r in reps if r.mode == "linear"]  # shape [in, out, dim]: in*out weights + out biases
+    flops = sum(
+        graph.call(x).flops for x in gone - inner
+    )  # outermost calls only: nothing counted twice
+    linear = [
+        r for r in reps if r.mode == "linear"
+    ]  # shape [in, out, dim]: in*out weights + out biases
     added = sum(r.shape[0] * r.shape[1] + r.shape[1] for r in linear)
-    added_flops = sum(2 * r.shape[0] * r.shape[1] * linear_fill_positions(graph.calls_of(r.path)[0].in_shape,
-                                                                          r.shape[2] if len(r.shape) > 2 else -1)
-                      for r in linear)
+    added_flops = sum(
+        2
+        * r.shape[0]
+        * r.shape[1]
+        * linear_fill_positions(
+            graph.calls_of(r.path)[0].in_shape, r.shape[2] if len(r.shape) > 2 else -1
+        )
+        for r in linear
+    )
     return Effect(tuple(reps), graph.params_within(full) - added, flops - added_flops, added)
 
 
-def _per_call_replacements(graph: "FlowGraph", skips: list[tuple[int, str]], gone: set[int]) -> list[Replacement]:
+def _per_call_replacements(
+    graph: "FlowGraph", skips: list[tuple[int, str]], gone: set[int]
+) -> list[Replacement]:
     """One replacement per shared module with skipped calls (``skips``: (call id, "layer" -> identity or
     "branch" -> zeros)).  Call indices are those of the rewritten model: a call made inside another
     removed call does not happen there, so it is not counted (the inner module of a removed ALBERT layer
@@ -235,9 +315,16 @@ def _per_call_replacements(graph: "FlowGraph", skips: list[tuple[int, str]], gon
             continue  # every removed call sits inside another removed call
         rec = graph.call(cs[0][0])
         layer = cs[0][1] == "layer"
-        out.append(Replacement(path, "identity" if layer else "zeros",
-                               rec.identity_structure if layer else rec.structure,
-                               0, calls=skip, ncalls=len(runs)))
+        out.append(
+            Replacement(
+                path,
+                "identity" if layer else "zeros",
+                rec.identity_structure if layer else rec.structure,
+                0,
+                calls=skip,
+                ncalls=len(runs),
+            )
+        )
     return out
 
 
@@ -253,14 +340,21 @@ def _shared_calls(graph: "FlowGraph") -> list[tuple]:
         cache = []
         for x in graph.calls[1:]:
             calls = graph.calls_of(x.path)
-            if len(calls) < 2 or x.flops == 0 or x.structure is None or len({repr(c.structure) for c in calls}) > 1:
+            if (
+                len(calls) < 2
+                or x.flops == 0
+                or x.structure is None
+                or len({repr(c.structure) for c in calls}) > 1
+            ):
                 continue
             cache.append((x, set().union(*(by_cid.get(y, set()) for y in graph.subtree(x.cid)))))
         graph.__dict__["_shared_calls"] = cache
     return cache
 
 
-def _dead_calls(graph: "FlowGraph", live: set, live0: set, gone: set[int], keep: set[str]) -> list[int]:
+def _dead_calls(
+    graph: "FlowGraph", live: set, live0: set, gone: set[int], keep: set[str]
+) -> list[int]:
     """Calls of shared modules (not in ``keep``) whose outputs now reach the model output only through
     removed parts: they are skipped too (zeros).  Outermost calls only, in forward order."""
     covered = set().union(*(graph.subtree(x) for x in gone)) if gone else set()

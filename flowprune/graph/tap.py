@@ -19,7 +19,9 @@ from .callstack import CallStack, call_key
 from .internal import flat_tensors, internal, is_internal
 
 MergeFn = Callable[[tuple, list, torch.Tensor], None]  # (key, operands, result)
-CallFn = Callable[[str, torch.Tensor, torch.Tensor], None]  # (call key, primary input (a copy), primary output)
+CallFn = Callable[
+    [str, torch.Tensor, torch.Tensor], None
+]  # (call key, primary input (a copy), primary output)
 
 
 @dataclass
@@ -34,8 +36,14 @@ class _Frame:
 class Tap(CallStack):
     """``with Tap(model, merges={key: ...}, on_merge=f, calls={key, ...}, on_call=g): model(x)``."""
 
-    def __init__(self, model: nn.Module, merges: set | None = None, on_merge: MergeFn | None = None,
-                 calls: set | None = None, on_call: CallFn | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        merges: set | None = None,
+        on_merge: MergeFn | None = None,
+        calls: set | None = None,
+        on_call: CallFn | None = None,
+    ):
         super().__init__(model)
         self.merges, self.on_merge = merges or set(), on_merge
         self.calls, self.on_call = calls or set(), on_call
@@ -50,19 +58,25 @@ class Tap(CallStack):
         self.remove()
         return super().__exit__(*exc)
 
-    def open_frame(self, module: nn.Module, path: str, k: int, leaf: bool, args: tuple, kwargs: dict) -> _Frame:
+    def open_frame(
+        self, module: nn.Module, path: str, k: int, leaf: bool, args: tuple, kwargs: dict
+    ) -> _Frame:
         x = first_tensor(args, kwargs) if call_key(path, k) in self.calls else None
         if x is not None:  # later in-place ops may change it
             with internal():
                 x = x.detach().clone()
         return _Frame(path, k, leaf, x)
 
-    def close_frame(self, frame: _Frame, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def close_frame(
+        self, frame: _Frame, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
         key = call_key(frame.path, frame.k)
         if key in self.calls and self.on_call is not None:
             outs = tensor_leaves(output)
             with internal():
-                self.on_call(key, frame.x, outs[0].detach() if outs else None)  # a caller that keeps it copies it
+                self.on_call(
+                    key, frame.x, outs[0].detach() if outs else None
+                )  # a caller that keeps it copies it
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -74,7 +88,9 @@ class Tap(CallStack):
         name = func.__name__
         inplace = name.endswith("_") or name.startswith("__i")
         with internal():  # an in-place add overwrites operand 0: keep what went in
-            ops = [t.detach().clone() if inplace else t.detach() for t in flat_tensors(args, kwargs)]
+            ops = [
+                t.detach().clone() if inplace else t.detach() for t in flat_tensors(args, kwargs)
+            ]
         out = func(*args, **kwargs)
         with internal():
             self.on_merge(merge[1], ops, out.detach())

@@ -64,7 +64,9 @@ class Report:
 
     def scores(self, criterion: str) -> dict[str, float]:
         if criterion not in self.criteria:
-            raise InputError(f"criterion {criterion!r} was not computed; this report has {self.criteria}")
+            raise InputError(
+                f"criterion {criterion!r} was not computed; this report has {self.criteria}"
+            )
         return {r["id"]: r[criterion] for r in self.candidates}
 
     @property
@@ -78,7 +80,9 @@ class Report:
     def predict(self, ids: list[str]) -> float:
         """Taylor prediction of ΔL for removing ``ids`` together (pairwise interactions included)."""
         if self.gradient is None:
-            raise InputError("no Taylor terms in this report: analyze with criteria including 'taylor2' or 'fisher'")
+            raise InputError(
+                "no Taylor terms in this report: analyze with criteria including 'taylor2' or 'fisher'"
+            )
         index = {r["id"]: k for k, r in enumerate(self.candidates)}
         return predict(self.gradient, self.hessian, [index[i] for i in ids])
 
@@ -89,7 +93,9 @@ class Report:
         >>> layers = report.copy().restrict("layer")
         """
         data = copy.deepcopy(self.data)
-        return Report(data, None if self.planner is None else type(self.planner)(self.planner.engine, data))
+        return Report(
+            data, None if self.planner is None else type(self.planner)(self.planner.engine, data)
+        )
 
     def restrict(self, kind: str) -> "Report":
         """Keep only ``kind`` ("branch" or "layer") candidates for planning (rows, g and H alike); in place."""
@@ -109,11 +115,19 @@ class Report:
     # -- planning (on the live model: see flowprune.planner) -----------------------------------------
     def _planner(self) -> "Planner":
         if self.planner is None:
-            raise PlanError("this report was read from JSON and has no model or data: run flowprune.analyze again")
+            raise PlanError(
+                "this report was read from JSON and has no model or data: run flowprune.analyze again"
+            )
         return self.planner
 
-    def plan(self, budget: Budget | float | int | dict, criterion: str = "loss", strategy: str = DEFAULT_STRATEGY,
-             fill: str = "zeros", latency: bool = False) -> Plan:
+    def plan(
+        self,
+        budget: Budget | float | int | dict,
+        criterion: str = "loss",
+        strategy: str = DEFAULT_STRATEGY,
+        fill: str = "zeros",
+        latency: bool = False,
+    ) -> Plan:
         """Choose removals under ``budget`` and return the Plan (removed branches replaced by ``fill``);
         the choice with its predicted and measured ΔL is appended to ``report.plans``.
         ``latency=True`` also rewrites a copy and times one forward on the first calibration batch
@@ -141,8 +155,12 @@ class Report:
         self.plans[-1].latency = planner.latency(pruned)
         return self.plans[-1].latency
 
-    def loss_curves(self, max_removals: int = 8, criteria: list[str] | None = None,
-                    strategies: tuple[str, ...] = ("one_shot", "quadratic")) -> list[dict]:
+    def loss_curves(
+        self,
+        max_removals: int = 8,
+        criteria: list[str] | None = None,
+        strategies: tuple[str, ...] = ("one_shot", "quadratic"),
+    ) -> list[dict]:
         """Measure ΔL after 0 … ``max_removals`` removals per strategy (and per criterion for one_shot);
         stored in the report for the HTML figure.  Needs a live report (``Planner.loss_curves``).
 
@@ -183,14 +201,18 @@ class Report:
         from .html import render
 
         if criterion is not None and criterion not in self.criteria:
-            raise InputError(f"criterion {criterion!r} is not in this report; it has {self.criteria}")
+            raise InputError(
+                f"criterion {criterion!r} is not in this report; it has {self.criteria}"
+            )
         text = render(self.to_dict(), DESCRIPTIONS, criterion)
         if path is not None:
             write_atomic(path, text)
         return text
 
 
-def agreement(rows: list[dict], criteria: list[str], reference: str = "loss") -> dict[str, dict[str, float]]:
+def agreement(
+    rows: list[dict], criteria: list[str], reference: str = "loss"
+) -> dict[str, dict[str, float]]:
     """Spearman and Kendall rank correlation of each criterion with ``reference``."""
     if reference not in criteria or len(rows) < 3:
         return {}
@@ -203,8 +225,10 @@ def agreement(rows: list[dict], criteria: list[str], reference: str = "loss") ->
         ok = np.isfinite(v) & np.isfinite(ref)
         if ok.sum() < 3 or np.ptp(v[ok]) == 0:
             continue
-        out[c] = {"spearman": float(stats.spearmanr(v[ok], ref[ok]).statistic),
-                  "kendall": float(stats.kendalltau(v[ok], ref[ok]).statistic)}
+        out[c] = {
+            "spearman": float(stats.spearmanr(v[ok], ref[ok]).statistic),
+            "kendall": float(stats.kendalltau(v[ok], ref[ok]).statistic),
+        }
     return out
 
 

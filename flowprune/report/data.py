@@ -111,14 +111,20 @@ class ReportData(_Readable):
     @classmethod
     def from_dict(cls, d: Any) -> "ReportData":
         """Read and check the JSON form of any schema up to ``REPORT_SCHEMA``."""
-        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        required = {
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
         missing = sorted(required - set(d)) if isinstance(d, dict) else ["(not an object)"]
         if missing or not isinstance(d.get("schema"), int):
-            raise InputError(f"this JSON is not a flowprune report (missing {missing or ['an integer schema']}): "
-                             f"pass the report.json that analyze, prune or Report.to_json wrote")
+            raise InputError(
+                f"this JSON is not a flowprune report (missing {missing or ['an integer schema']}): "
+                f"pass the report.json that analyze, prune or Report.to_json wrote"
+            )
         if d["schema"] > REPORT_SCHEMA:
-            raise PlanError(f"report schema {d['schema']} is newer than this flowprune ({__version__}) reads: "
-                            f"upgrade flowprune")
+            raise PlanError(
+                f"report schema {d['schema']} is newer than this flowprune ({__version__}) reads: "
+                f"upgrade flowprune"
+            )
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw["plans"] = [PlanRecord.from_dict(p) for p in d.get("plans") or []]

@@ -24,7 +24,9 @@ MERGES = ("add", "mul", "cat")
 def to_svg(fig: Figure) -> str:
     """The figure as a standalone SVG document (text drawn as paths: no fonts needed to view it)."""
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": "flowprune"}):  # the same report gives the same bytes
+    with matplotlib.rc_context(
+        {"svg.hashsalt": "flowprune"}
+    ):  # the same report gives the same bytes
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     return buf.getvalue()
 
@@ -66,9 +68,13 @@ def flow_graph(graph: dict, scores: dict[str, float] | None, criterion: str) -> 
         (x0, y0), (x1, y1) = pos[u], pos[v]
         lift = 0.25 * math.sqrt(max(x1 - x0 - 1, 0))  # the longer the skip, the higher the arc
         mid = ((x0 + x1) / 2, (y0 + y1) / 2 + lift)
-        paths.append(MplPath([(x0, y0), mid, (x1, y1)], [MplPath.MOVETO, MplPath.CURVE3, MplPath.CURVE3]))
+        paths.append(
+            MplPath([(x0, y0), mid, (x1, y1)], [MplPath.MOVETO, MplPath.CURVE3, MplPath.CURVE3])
+        )
         widths.append(0.4 + 5.0 * (f / top if f is not None and top > 0 else 0.2))
-    ax.add_collection(PathCollection(paths, facecolors="none", edgecolors="#8c8c8c", linewidths=widths, alpha=0.8))
+    ax.add_collection(
+        PathCollection(paths, facecolors="none", edgecolors="#8c8c8c", linewidths=widths, alpha=0.8)
+    )
     rank = _ranks(scores or {})
     xs, ys, colors, sizes, markers = [], [], [], [], []
     cmap = colormaps["viridis"]
@@ -82,12 +88,27 @@ def flow_graph(graph: dict, scores: dict[str, float] | None, criterion: str) -> 
         markers.append("s" if n["kind"] in MERGES else "o")
     for m in ("o", "s"):
         idx = [i for i, k in enumerate(markers) if k == m]
-        ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], s=[sizes[i] for i in idx],
-                   c=[colors[i] for i in idx], marker=m, edgecolors="#333333", linewidths=0.4, zorder=3)
+        ax.scatter(
+            [xs[i] for i in idx],
+            [ys[i] for i in idx],
+            s=[sizes[i] for i in idx],
+            c=[colors[i] for i in idx],
+            marker=m,
+            edgecolors="#333333",
+            linewidths=0.4,
+            zorder=3,
+        )
     for n in nodes:
         if n["kind"] in ("input", "output"):
             x, y = pos[n["id"]]
-            ax.annotate(n["id"], (x, y), xytext=(0, -12), textcoords="offset points", ha="center", fontsize=7)
+            ax.annotate(
+                n["id"],
+                (x, y),
+                xytext=(0, -12),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+            )
     _label_candidates(ax, nodes, pos, -spread - 0.6)
     ax.set_xlim(-1, depth)
     ax.set_ylim(-spread - 1.6, spread + 0.8 + 0.25 * math.sqrt(depth))
@@ -96,8 +117,11 @@ def flow_graph(graph: dict, scores: dict[str, float] | None, criterion: str) -> 
         sm = ScalarMappable(norm=Normalize(0, 1), cmap=cmap)
         cb = fig.colorbar(sm, ax=ax, fraction=0.02, pad=0.01)
         cb.set_label(f"rank by {criterion} (0 = removed first)", fontsize=8)
-    ax.set_title(f"flow graph: {len(nodes)} vertices, {len(edges)} edges; edge width = flow, colour = {criterion} rank",
-                 fontsize=9, loc="left")
+    ax.set_title(
+        f"flow graph: {len(nodes)} vertices, {len(edges)} edges; edge width = flow, colour = {criterion} rank",
+        fontsize=9,
+        loc="left",
+    )
     return fig
 
 
@@ -110,21 +134,34 @@ def _label_candidates(ax, nodes: list[dict], pos: dict, y: float, most: int = 48
     """Name the layers (or, without layer candidates, the branches) under the vertices they remove, so
     the graph can be read against the tables: the last two parts of the module path, e.g. "layers.5"."""
     cands = {n["candidate"] for n in nodes if n["candidate"]}
+
     def kind_of(c: str) -> str:  # "path:layer" or, one call of a shared module, "path:layer@2"
         return c.rsplit(":", 1)[-1].split("@")[0]
 
     kind = "layer" if any(kind_of(c) == "layer" for c in cands) else "branch"
     groups: dict[str, list[float]] = {}
     for c in (c for c in cands if kind_of(c) == kind):
-        root = c.rsplit(":", 1)[0]  # the vertices of the module (merges belong to their enclosing module)
-        xs = [pos[n["id"]][0] for n in nodes if n["path"] == root or n["path"].startswith(root + ".")]
+        root = c.rsplit(":", 1)[
+            0
+        ]  # the vertices of the module (merges belong to their enclosing module)
+        xs = [
+            pos[n["id"]][0] for n in nodes if n["path"] == root or n["path"].startswith(root + ".")
+        ]
         groups[c] = xs or [pos[n["id"]][0] for n in nodes if n["candidate"] == c]
     picked = sorted((c for c in groups if groups[c]), key=lambda c: min(groups[c]))
     step = max(1, math.ceil(len(picked) / most))
     for c in picked[::step]:
         name = ".".join(c.rsplit(":", 1)[0].split(".")[-2:])
-        ax.text(sum(groups[c]) / len(groups[c]), y, name, ha="center", va="top", fontsize=6, rotation=90,
-                color="#444444")
+        ax.text(
+            sum(groups[c]) / len(groups[c]),
+            y,
+            name,
+            ha="center",
+            va="top",
+            fontsize=6,
+            rotation=90,
+            color="#444444",
+        )
 
 
 def criteria_bars(rows: list[dict], criteria: Sequence[str]) -> Figure:
@@ -143,9 +180,14 @@ def criteria_bars(rows: list[dict], criteria: Sequence[str]) -> Figure:
         ax.tick_params(labelsize=7)
         ax.axhline(0, color="#333333", lw=0.5)
     step = max(1, math.ceil(n / 60))
-    axes[-1].set_xticks(x[::step], [rows[i]["id"] for i in range(0, n, step)], rotation=90, fontsize=6)
-    axes[0].set_title("scores along depth (blue: branches, orange: layers; higher = more important)",
-                      fontsize=9, loc="left")
+    axes[-1].set_xticks(
+        x[::step], [rows[i]["id"] for i in range(0, n, step)], rotation=90, fontsize=6
+    )
+    axes[0].set_title(
+        "scores along depth (blue: branches, orange: layers; higher = more important)",
+        fontsize=9,
+        loc="left",
+    )
     fig.align_ylabels(axes)
     return fig
 
@@ -161,8 +203,15 @@ def agreement_heatmap(names: list[str], matrix: np.ndarray) -> Figure:
     for i in range(k):
         for j in range(k):
             if np.isfinite(matrix[i, j]):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if abs(matrix[i, j]) > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if abs(matrix[i, j]) > 0.6 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02).set_label("Spearman", fontsize=8)
     ax.set_title("agreement between criteria", fontsize=9, loc="left")
     return fig
@@ -176,7 +225,14 @@ def loss_curves(curves: list[dict], total_params: int) -> Figure:
         label = f"{c['strategy']} / {c['criterion']}"
         style = "-" if c["strategy"] == "one_shot" else "--"
         a.plot(c["k"], c["loss"], style, marker="o", ms=3, label=label)
-        b.plot([p / max(total_params, 1) for p in c["params_removed"]], c["loss"], style, marker="o", ms=3, label=label)
+        b.plot(
+            [p / max(total_params, 1) for p in c["params_removed"]],
+            c["loss"],
+            style,
+            marker="o",
+            ms=3,
+            label=label,
+        )
     a.set_xlabel("removals")
     b.set_xlabel("fraction of parameters removed")
     for ax in (a, b):
@@ -190,4 +246,3 @@ def loss_curves(curves: list[dict], total_params: int) -> Figure:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
-

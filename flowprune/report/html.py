@@ -23,7 +23,9 @@ img.figure { display: block; max-width: none; background: white; }
 
 SCRIPT = """
 document.documentElement.dataset.errors = '';
-window.addEventListener('error', e => { document.documentElement.dataset.errors += (e.message || 'resource') + ';'; }, true);
+window.addEventListener('error', e => {
+  document.documentElement.dataset.errors += (e.message || 'resource') + ';';
+}, true);
 window.addEventListener('load', () => {
   const figs = [...document.querySelectorAll('img.figure')].map(i => {
     const r = i.getBoundingClientRect();
@@ -37,31 +39,35 @@ window.addEventListener('load', () => {
 
 DESCRIBE = {
     "graph": "Vertices are layer calls and merges (add, mul, cat), in depth order from left to right; edge "
-             "width is the share of the output's energy that flows along the edge (one forward pass); a "
-             "vertex's colour is the rank of the candidate whose removal removes it (dark: removed first; "
-             "grey: no candidate). Residual connections arc over the blocks they skip.",
+    "width is the share of the output's energy that flows along the edge (one forward pass); a "
+    "vertex's colour is the rank of the candidate whose removal removes it (dark: removed first; "
+    "grey: no candidate). Residual connections arc over the blocks they skip.",
     "bars": "Every criterion's score for every candidate, in the order the model runs them. Higher means more "
-            "important (removed later).",
+    "important (removed later).",
     "agreement": "Spearman rank correlation between every pair of criteria. The row 'loss' is the exact "
-                 "loss change: the closer a criterion is to 1 there, the better it predicts what removal "
-                 "really costs.",
+    "loss change: the closer a criterion is to 1 there, the better it predicts what removal "
+    "really costs.",
     "curves": "Calibration loss change after removing k candidates, chosen by each strategy (one_shot: "
-              "lowest scores of one criterion; quadratic: minimum of the gate-Hessian prediction; greedy: "
-              "exact re-scoring after every removal), measured exactly through the gates. Left: against k; "
-              "right: against the fraction of parameters removed.",
+    "lowest scores of one criterion; quadratic: minimum of the gate-Hessian prediction; greedy: "
+    "exact re-scoring after every removal), measured exactly through the gates. Left: against k; "
+    "right: against the fraction of parameters removed.",
 }
 
 
 def _img(fig_id: str, svg: str, alt: str) -> str:
     data = base64.b64encode(svg.encode()).decode()
-    return (f'<div class="scroll"><img class="figure" id="{fig_id}" alt="{html.escape(alt)}" '
-            f'src="data:image/svg+xml;base64,{data}"></div>')
+    return (
+        f'<div class="scroll"><img class="figure" id="{fig_id}" alt="{html.escape(alt)}" '
+        f'src="data:image/svg+xml;base64,{data}"></div>'
+    )
 
 
 def _table(t: tables.Table) -> str:
     head, rows = t
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
     return f'<div class="scroll"><table><tr>{th}</tr>{body}</table></div>'
 
 
@@ -82,39 +88,88 @@ def render(d: dict, descriptions: dict[str, str], criterion: str | None = None) 
     crit = criterion or d.get("rank_by") or (d["criteria"][0] if d["criteria"] else None)
     rows = d["candidates"]
     scores = {r["id"]: r.get(crit) for r in rows} if crit else None
-    parts = [f"<h1>flowprune report: {html.escape(d['model_class'])}</h1>", _table(tables.summary(d))]
+    parts = [
+        f"<h1>flowprune report: {html.escape(d['model_class'])}</h1>",
+        _table(tables.summary(d)),
+    ]
     if d["plans"]:
         parts.append(_section("Plan", _table(tables.plans(d)), "plans"))
     if d.get("graph"):
-        note = "" if any(f is not None for _, _, f in d["graph"]["edges"]) else \
-            '<p class="note">No flow analysis in this report (criteria without "flow"): all edges drawn alike.</p>'
-        parts.append(_section("Flow graph", f'<p class="note">{DESCRIBE["graph"]}</p>{note}'
-                              + _figure("fig-graph", figures.flow_graph, d["graph"], scores, crit), "graph"))
+        note = (
+            ""
+            if any(f is not None for _, _, f in d["graph"]["edges"])
+            else '<p class="note">No flow analysis in this report (criteria without "flow"): all edges drawn alike.</p>'
+        )
+        parts.append(
+            _section(
+                "Flow graph",
+                f'<p class="note">{DESCRIBE["graph"]}</p>{note}'
+                + _figure("fig-graph", figures.flow_graph, d["graph"], scores, crit),
+                "graph",
+            )
+        )
     else:
-        parts.append(_section("Flow graph", '<p class="note">This report has no graph (written by flowprune '
-                              '0.1 before reports stored it): analyze again to draw it.</p>', "graph"))
+        parts.append(
+            _section(
+                "Flow graph",
+                '<p class="note">This report has no graph (written by flowprune '
+                "0.1 before reports stored it): analyze again to draw it.</p>",
+                "graph",
+            )
+        )
     if rows and figures.drawable(rows, d["criteria"]):
-        parts.append(_section("Scores along depth", f'<p class="note">{DESCRIBE["bars"]}</p>'
-                              + _figure("fig-bars", figures.criteria_bars, rows, d["criteria"]), "bars"))
+        parts.append(
+            _section(
+                "Scores along depth",
+                f'<p class="note">{DESCRIBE["bars"]}</p>'
+                + _figure("fig-bars", figures.criteria_bars, rows, d["criteria"]),
+                "bars",
+            )
+        )
     names, M = tables.agreement_matrix(rows, d["criteria"])
     if len(names) >= 2:
-        body = f'<p class="note">{DESCRIBE["agreement"]}</p>' + _figure("fig-agreement", figures.agreement_heatmap,
-                                                                        names, M)
+        body = f'<p class="note">{DESCRIBE["agreement"]}</p>' + _figure(
+            "fig-agreement", figures.agreement_heatmap, names, M
+        )
         if d["fidelity"]:
             body += "<h3>Agreement with the exact loss change</h3>" + _table(tables.fidelity(d))
         parts.append(_section("Agreement between criteria", body, "agreement"))
     if d.get("curves"):
-        parts.append(_section("Loss against number of removals", f'<p class="note">{DESCRIBE["curves"]}</p>'
-                              + _figure("fig-curves", figures.loss_curves, d["curves"], d["total_params"])
-                              + _table(tables.curves(d)), "curves"))
+        parts.append(
+            _section(
+                "Loss against number of removals",
+                f'<p class="note">{DESCRIBE["curves"]}</p>'
+                + _figure("fig-curves", figures.loss_curves, d["curves"], d["total_params"])
+                + _table(tables.curves(d)),
+                "curves",
+            )
+        )
     else:
-        parts.append(_section("Loss against number of removals", '<p class="note">Not measured: call '
-                              '<code>report.loss_curves(k)</code> on a live report, or pass <code>--curves K</code> '
-                              'to <code>flowprune analyze</code>/<code>prune</code>.</p>', "curves"))
+        parts.append(
+            _section(
+                "Loss against number of removals",
+                '<p class="note">Not measured: call '
+                "<code>report.loss_curves(k)</code> on a live report, or pass <code>--curves K</code> "
+                "to <code>flowprune analyze</code>/<code>prune</code>.</p>",
+                "curves",
+            )
+        )
     parts.append(_section("Candidates", _table(tables.candidates(d)), "candidates"))
-    legend = "".join(f"<li><code>{html.escape(c)}</code>: {html.escape(descriptions.get(c, ''))}</li>"
-                     for c in d["criteria"])
-    parts.append(_section("Criteria", f"<p>Higher = more important (removed last).</p><ul>{legend}</ul>", "criteria"))
+    legend = "".join(
+        f"<li><code>{html.escape(c)}</code>: {html.escape(descriptions.get(c, ''))}</li>"
+        for c in d["criteria"]
+    )
+    parts.append(
+        _section(
+            "Criteria",
+            f"<p>Higher = more important (removed last).</p><ul>{legend}</ul>",
+            "criteria",
+        )
+    )
     title = html.escape(f"flowprune report: {d['model_class']}")
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{CSS}</style><script>{SCRIPT}</script></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{CSS}</style><script>{SCRIPT}</script></head><body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from . import tables
 
-SECTIONS = (("Summary", tables.summary), ("Plans", tables.plans), ("Candidates", tables.candidates),
-            ("Agreement with the exact loss change", tables.fidelity),
-            ("Agreement between criteria (Spearman)", tables.agreement),
-            ("Loss against number of removals", tables.curves))
+SECTIONS = (
+    ("Summary", tables.summary),
+    ("Plans", tables.plans),
+    ("Candidates", tables.candidates),
+    ("Agreement with the exact loss change", tables.fidelity),
+    ("Agreement between criteria (Spearman)", tables.agreement),
+    ("Loss against number of removals", tables.curves),
+)
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    esc = lambda s: str(s).replace("|", "\\|")
+    def esc(s):
+        return str(s).replace("|", "\\|")
+
     out = ["| " + " | ".join(esc(h) for h in head) + " |", "|" + "---|" * len(head)]
     return out + ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
 
@@ -26,6 +32,9 @@ def render(d: dict, descriptions: dict[str, str]) -> str:
         head, rows = make(d)
         if rows:
             lines += ["", f"## {title}", ""] + _table(head, rows)
-    lines += ["", "Criteria (higher = more important, removed last): "
-              + "; ".join(f"`{c}` {descriptions.get(c, '')}" for c in d["criteria"])]
+    lines += [
+        "",
+        "Criteria (higher = more important, removed last): "
+        + "; ".join(f"`{c}` {descriptions.get(c, '')}" for c in d["criteria"]),
+    ]
     return "\n".join(lines) + "\n"

@@ -27,10 +27,15 @@ def _ms(s: float | None) -> str:
 
 
 def summary(d: dict) -> Table:
-    rows = [["model", d["model_class"]], ["loss", f"{d['loss']} = {fmt(d['base_loss'])}"],
-            ["calibration samples", fmt(d["num_samples"])], ["parameters", fmt(d["total_params"])],
-            ["FLOPs per forward", fmt(d["total_flops"])], ["candidates", fmt(len(d["candidates"]))],
-            ["flowprune", d["version"]]]
+    rows = [
+        ["model", d["model_class"]],
+        ["loss", f"{d['loss']} = {fmt(d['base_loss'])}"],
+        ["calibration samples", fmt(d["num_samples"])],
+        ["parameters", fmt(d["total_params"])],
+        ["FLOPs per forward", fmt(d["total_flops"])],
+        ["candidates", fmt(len(d["candidates"]))],
+        ["flowprune", d["version"]],
+    ]
     rows += [[f"time: {k}", f"{v:.2f} s"] for k, v in d.get("timings", {}).items()]
     return ["", "value"], rows
 
@@ -38,24 +43,46 @@ def summary(d: dict) -> Table:
 def plans(d: dict) -> Table:
     """Each plan with parameters, FLOPs and (after prune) latency before → after."""
     P, F = d["total_params"], d["total_flops"]
-    head = ["strategy", "criterion", "fill", "removals", "params before → after", "FLOPs before → after",
-            "latency before → after", "predicted ΔL", "measured ΔL", "rewritten ΔL"]
+    head = [
+        "strategy",
+        "criterion",
+        "fill",
+        "removals",
+        "params before → after",
+        "FLOPs before → after",
+        "latency before → after",
+        "predicted ΔL",
+        "measured ΔL",
+        "rewritten ΔL",
+    ]
     rows = []
     for p in d["plans"]:
         lat = p.get("latency") or {}
-        rows.append([p["strategy"], p["criterion"], p.get("fill", "zeros"), ", ".join(p["removals"]) or "–",
-                     f"{P:,} → {P - p['params_removed']:,} ({signed(p['params_removed'], P, '−')})",
-                     f"{F:,} → {F - p['flops_removed']:,} ({signed(p['flops_removed'], F, '−')})",
-                     f"{_ms(lat.get('before'))} → {_ms(lat.get('after'))}" if lat else "–",
-                     fmt(p.get("predicted")), fmt(p.get("measured")), fmt(p.get("measured_rewritten"))])
+        rows.append(
+            [
+                p["strategy"],
+                p["criterion"],
+                p.get("fill", "zeros"),
+                ", ".join(p["removals"]) or "–",
+                f"{P:,} → {P - p['params_removed']:,} ({signed(p['params_removed'], P, '−')})",
+                f"{F:,} → {F - p['flops_removed']:,} ({signed(p['flops_removed'], F, '−')})",
+                f"{_ms(lat.get('before'))} → {_ms(lat.get('after'))}" if lat else "–",
+                fmt(p.get("predicted")),
+                fmt(p.get("measured")),
+                fmt(p.get("measured_rewritten")),
+            ]
+        )
     return head, rows
 
 
 def candidates(d: dict) -> Table:
     crit = d["criteria"]
     head = ["rank", "id", "kind", "params", "FLOPs"] + list(crit)
-    rows = [[str(r["rank"]), r["id"], r["kind"], fmt(r["params"]), fmt(r["flops"])] + [fmt(r.get(c)) for c in crit]
-            for r in sorted(d["candidates"], key=lambda r: r["rank"])]
+    rows = [
+        [str(r["rank"]), r["id"], r["kind"], fmt(r["params"]), fmt(r["flops"])]
+        + [fmt(r.get(c)) for c in crit]
+        for r in sorted(d["candidates"], key=lambda r: r["rank"])
+    ]
     return head, rows
 
 
@@ -77,13 +104,17 @@ def agreement_matrix(rows: list[dict], criteria: list[str]) -> tuple[list[str], 
         for j, b in enumerate(names):
             ok = np.isfinite(cols[a]) & np.isfinite(cols[b])
             if ok.sum() >= 3 and np.ptp(cols[a][ok]) > 0 and np.ptp(cols[b][ok]) > 0:
-                M[i, j] = 1.0 if i == j else float(stats.spearmanr(cols[a][ok], cols[b][ok]).statistic)
+                M[i, j] = (
+                    1.0 if i == j else float(stats.spearmanr(cols[a][ok], cols[b][ok]).statistic)
+                )
     return names, M
 
 
 def agreement(d: dict) -> Table:
     names, M = agreement_matrix(d["candidates"], d["criteria"])
-    return [""] + names, [[a] + [fmt(float(M[i, j])) for j in range(len(names))] for i, a in enumerate(names)]
+    return [""] + names, [
+        [a] + [fmt(float(M[i, j])) for j in range(len(names))] for i, a in enumerate(names)
+    ]
 
 
 def curves(d: dict) -> Table:
@@ -93,4 +124,6 @@ def curves(d: dict) -> Table:
         return [], []
     K = max(len(c["k"]) for c in cs)
     head = ["removals"] + [f"{c['strategy']} / {c['criterion']}" for c in cs]
-    return head, [[str(k)] + [fmt(c["loss"][k]) if k < len(c["loss"]) else "–" for c in cs] for k in range(K)]
+    return head, [
+        [str(k)] + [fmt(c["loss"][k]) if k < len(c["loss"]) else "–" for c in cs] for k in range(K)
+    ]

@@ -56,15 +56,27 @@ class SkipCalls:
         self.count += 1  # at entry: a re-entrant call gets the next index, as in the trace
         if k in self.skip:
             m = self.module
-            anchor = next((t for t in list(m._parameters.values()) + list(m._buffers.values()) if t is not None),
-                          None)
-            return decode(self.structure, first_tensor(args, kwargs), anchor if anchor is not None else torch.zeros(0))
+            anchor = next(
+                (
+                    t
+                    for t in list(m._parameters.values()) + list(m._buffers.values())
+                    if t is not None
+                ),
+                None,
+            )
+            return decode(
+                self.structure,
+                first_tensor(args, kwargs),
+                anchor if anchor is not None else torch.zeros(0),
+            )
         if self.run is not None:
             return self.run(*args, **kwargs)
         return type(self.module).forward(self.module, *args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"SkipCalls(skips calls {self.skip} of {self.ncalls} of {type(self.module).__name__})"
+        return (
+            f"SkipCalls(skips calls {self.skip} of {self.ncalls} of {type(self.module).__name__})"
+        )
 
 
 def install_skip(module: nn.Module, skip: Sequence[int], ncalls: int, structure: dict) -> None:
@@ -92,11 +104,18 @@ def reset_calls(module: nn.Module, args: Any) -> None:
 
 def install_call_reset(model: nn.Module) -> None:
     """Register ``reset_calls`` on ``model`` once, if any module inside skips calls."""
-    if any(skipping(m) is not None for m in model.modules()) and \
-            reset_calls not in model._forward_pre_hooks.values():
+    if (
+        any(skipping(m) is not None for m in model.modules())
+        and reset_calls not in model._forward_pre_hooks.values()
+    ):
         model.register_forward_pre_hook(reset_calls, prepend=True)
 
 
 def positions(model: nn.Module, original: nn.Module) -> list[tuple[nn.Module, str]]:
     """Every (parent, attribute name) under ``model`` that holds ``original`` (a list may hold it twice)."""
-    return [(m, name) for m in model.modules() for name, child in m._modules.items() if child is original]
+    return [
+        (m, name)
+        for m in model.modules()
+        for name, child in m._modules.items()
+        if child is original
+    ]

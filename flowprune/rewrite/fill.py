@@ -20,12 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._runtime import call_model, eval_mode
 from .._tree import first_tensor, tensor_leaves
 from ..data import split_batch
 from ..errors import InputError
-from ..plan import Replacement
-from .._runtime import call_model, eval_mode
-from ..plan import Plan
+from ..plan import Plan, Replacement
 
 
 def linear_dim(rep: Replacement) -> int:
@@ -38,7 +37,9 @@ def _channels_last(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
     return t.movedim(dim, -1).reshape(-1, n)
 
 
-def _accumulate(rep: Replacement, s: dict[str, Any], x: torch.Tensor | None, z: torch.Tensor) -> None:
+def _accumulate(
+    rep: Replacement, s: dict[str, Any], x: torch.Tensor | None, z: torch.Tensor
+) -> None:
     """Add one call's statistics to ``s``: the output sum (mean) or XᵀX, XᵀZ (linear), in float64."""
     z = z.detach().double()
     if rep.mode == "mean":
@@ -48,7 +49,9 @@ def _accumulate(rep: Replacement, s: dict[str, Any], x: torch.Tensor | None, z: 
         s["n"] += z.numel() // max(1, torch.tensor(rep.shape).prod().item())
         return
     if x is None:
-        raise InputError(f"fill='linear' for '{rep.path}' needs a tensor input, and the module got none")
+        raise InputError(
+            f"fill='linear' for '{rep.path}' needs a tensor input, and the module got none"
+        )
     dim = linear_dim(rep)
     x = _channels_last(x.detach().double(), dim, rep.shape[0])  # [N, C_in]
     x = torch.cat([x, x.new_ones(len(x), 1)], 1)  # [N, C_in + 1]: bias column
@@ -63,13 +66,21 @@ def _check_finite(sums: dict[str, dict[str, Any]], batch: int) -> None:
         for key in ("sum", "xx", "xz"):
             v = s.get(key)
             if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v).all()):
-                what = "mean output" if key == "sum" else f"{'XᵀX' if key == 'xx' else 'XᵀZ'} statistic"
-                raise InputError(f"the {what} of the fill for '{path}' is not finite (NaN/inf) after calibration "
-                                 f"batch {batch}: that batch drives '{path}' (or its input) to NaN/inf. Check the "
-                                 f"data and the model's dtype (e.g. float16 overflow), or use fill='zeros'")
+                what = (
+                    "mean output"
+                    if key == "sum"
+                    else f"{'XᵀX' if key == 'xx' else 'XᵀZ'} statistic"
+                )
+                raise InputError(
+                    f"the {what} of the fill for '{path}' is not finite (NaN/inf) after calibration "
+                    f"batch {batch}: that batch drives '{path}' (or its input) to NaN/inf. Check the "
+                    f"data and the model's dtype (e.g. float16 overflow), or use fill='zeros'"
+                )
 
 
-def fit_fills(model: nn.Module, plan: Plan, batches: Sequence[Any]) -> dict[str, dict[str, torch.Tensor]]:
+def fit_fills(
+    model: nn.Module, plan: Plan, batches: Sequence[Any]
+) -> dict[str, dict[str, torch.Tensor]]:
     """{module path: {"fill": tensor} or {"weight": [out, in], "bias": [out]}} for the plan's fills.
 
     Raises InputError when a statistic turns NaN/inf (naming the module and the calibration batch) or
@@ -101,16 +112,25 @@ def fit_fills(model: nn.Module, plan: Plan, batches: Sequence[Any]) -> dict[str,
     for path, rep in reps.items():
         s = sums[path]
         if s["n"] == 0:
-            raise InputError(f"'{path}' was never called on the calibration data, so its fill='{rep.mode}' "
-                             f"cannot be fitted: pass the batches given to analyze")
+            raise InputError(
+                f"'{path}' was never called on the calibration data, so its fill='{rep.mode}' "
+                f"cannot be fitted: pass the batches given to analyze"
+            )
         if rep.mode == "mean":
             out[path] = {"fill": (s["sum"] / s["n"]).reshape(rep.shape).float().cpu()}
         else:
             xx, xz = s["xx"].cpu(), s["xz"].cpu()
             ridge = 1e-6 * xx.diagonal().mean().clamp_min(1e-12)
-            w = torch.linalg.solve(xx + ridge * torch.eye(len(xx), dtype=xx.dtype), xz)  # [in+1, out]
+            w = torch.linalg.solve(
+                xx + ridge * torch.eye(len(xx), dtype=xx.dtype), xz
+            )  # [in+1, out]
             if not bool(torch.isfinite(w).all()):
-                raise InputError(f"the least-squares fill for '{path}' is not finite: its input statistics are "
-                                 f"degenerate; use fill='mean' or fill='zeros'")
-            out[path] = {"weight": w[:-1].T.float().contiguous(), "bias": w[-1].float().contiguous()}
+                raise InputError(
+                    f"the least-squares fill for '{path}' is not finite: its input statistics are "
+                    f"degenerate; use fill='mean' or fill='zeros'"
+                )
+            out[path] = {
+                "weight": w[:-1].T.float().contiguous(),
+                "bias": w[-1].float().contiguous(),
+            }
     return out

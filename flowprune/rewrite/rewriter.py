@@ -10,13 +10,12 @@ import torch
 from torch import nn
 
 from ..adapters import cache_slot, renumber, sync_config
-from ..errors import InputError, PlanError
 from ..data import as_batches
-from ..plan import Replacement
+from ..errors import InputError, PlanError
 from ..graph.trace import unwrap
-from ..plan import Plan, fingerprint
-from .fill import fit_fills
+from ..plan import Plan, Replacement, fingerprint
 from .calls import install_call_reset, install_skip, positions
+from .fill import fit_fills
 from .shadow import shadow_of
 from .stubs import Removed
 
@@ -24,16 +23,21 @@ from .stubs import Removed
 def _resolve(model: nn.Module, path: str, modules: dict[str, nn.Module]) -> tuple[nn.Module, str]:
     if path not in modules:
         close = difflib.get_close_matches(path, list(modules), n=3)
-        raise PlanError(f"the plan removes module '{path}', which this model does not have"
-                        + (f" (close: {close})" if close else "") + "; was the plan made for another model?")
+        raise PlanError(
+            f"the plan removes module '{path}', which this model does not have"
+            + (f" (close: {close})" if close else "")
+            + "; was the plan made for another model?"
+        )
     parent, _, name = path.rpartition(".")
     return modules[parent], name
 
 
 def _check_data(plan: Plan, data: Any) -> None:
     if plan.fills and data is None:
-        raise PlanError(f"the plan compensates removed branches with fill='{plan.fills[0].mode}', fitted on "
-                        f"calibration data: pass data=batches (the batches given to analyze)")
+        raise PlanError(
+            f"the plan compensates removed branches with fill='{plan.fills[0].mode}', fitted on "
+            f"calibration data: pass data=batches (the batches given to analyze)"
+        )
 
 
 def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -> nn.Module:
@@ -58,13 +62,28 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
                 raise PlanError(f"cannot delete '{rep.path}': its parent is not a layer list")
             deletions.setdefault(rep.path.rpartition(".")[0], []).append(int(name))
     fitted = fit_fills(model, plan, as_batches(data)) if plan.fills else {}
-    stubbed = [(rep, parent, name) for rep, parent, name in targets if rep.mode != "delete" and not _skips(rep)]
-    swaps = [(parent, name, getattr(parent, name), make_stub(rep, getattr(parent, name), fitted.get(rep.path)))
-             for rep, parent, name in stubbed]
+    stubbed = [
+        (rep, parent, name)
+        for rep, parent, name in targets
+        if rep.mode != "delete" and not _skips(rep)
+    ]
+    swaps = [
+        (
+            parent,
+            name,
+            getattr(parent, name),
+            make_stub(rep, getattr(parent, name), fitted.get(rep.path)),
+        )
+        for rep, parent, name in stubbed
+    ]
     # a module removed in every call goes wherever the model holds it (a list may hold it twice, two
     # blocks may share it): its gate hooked the module object, so every holder saw the removal
-    swaps += [(p, n, old, stub) for (parent, name, old, stub) in list(swaps)
-              for p, n in positions(model, old) if not (p is parent and n == name)]
+    swaps += [
+        (p, n, old, stub)
+        for (parent, name, old, stub) in list(swaps)
+        for p, n in positions(model, old)
+        if not (p is parent and n == name)
+    ]
     # a shared module that keeps some calls stays, and skips the others itself (see calls.py)
     skips = [(getattr(parent, name), rep) for rep, parent, name in targets if _skips(rep)]
     # 2. commit: stubs in (undone if anything fails), then layer deletions with the config kept in sync
@@ -74,7 +93,9 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
         old_len = len(stack)
         for i in sorted(idx, reverse=True):
             del stack[i]
-        sync_config(model, stack_path, idx, old_len)  # a list the config does not count leaves it alone
+        sync_config(
+            model, stack_path, idx, old_len
+        )  # a list the config does not count leaves it alone
         renumber(stack, model)
     install_call_reset(model)  # modules that skip calls count them per forward of the root
     model.flowprune_plans = list(getattr(model, "flowprune_plans", [])) + [plan]
@@ -84,16 +105,20 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
 def _check_plan(model: nn.Module, plan: Any, check: bool, fn: str) -> None:
     """PlanError/InputError unless ``plan`` is a Plan made for ``model`` and not applied to it yet."""
     if not isinstance(plan, Plan):
-        raise InputError(f"{fn} takes a flowprune.Plan, got {type(plan).__name__}: make one with graph.plan(ids) "
-                         f"or report.plan(budget), or read one with Plan.from_json(path)")
+        raise InputError(
+            f"{fn} takes a flowprune.Plan, got {type(plan).__name__}: make one with graph.plan(ids) "
+            f"or report.plan(budget), or read one with Plan.from_json(path)"
+        )
     if plan in getattr(model, "flowprune_plans", []):
         raise PlanError("this plan was already applied to this model (see model.flowprune_plans)")
     if check and fingerprint(model) != plan.fingerprint:
         n = sum(p.numel() for p in model.parameters())
-        raise PlanError(f"the plan was made for a {plan.model_class} with {plan.params_before:,} parameters "
-                        f"(fingerprint {plan.fingerprint}); this is a {type(model).__name__} with {n:,} parameters "
-                        f"(fingerprint {fingerprint(model)}). Trace this model and make a new plan, or pass "
-                        f"check=False if only parameter names changed.")
+        raise PlanError(
+            f"the plan was made for a {plan.model_class} with {plan.params_before:,} parameters "
+            f"(fingerprint {plan.fingerprint}); this is a {type(model).__name__} with {n:,} parameters "
+            f"(fingerprint {fingerprint(model)}). Trace this model and make a new plan, or pass "
+            f"check=False if only parameter names changed."
+        )
 
 
 def _swap_in(swaps: list, skips: list) -> None:
@@ -121,7 +146,9 @@ def _skips(rep: Replacement) -> bool:
     return rep.calls is not None and not rep.every_call
 
 
-def make_stub(rep: Replacement, original: nn.Module | None, fitted: dict | None = None) -> nn.Module:
+def make_stub(
+    rep: Replacement, original: nn.Module | None, fitted: dict | None = None
+) -> nn.Module:
     """The module standing in for ``rep.path`` (``fitted`` fill values, if any, loaded into it): a
     ``Removed`` stub; for a per-call replacement that keeps some calls, ``original`` itself, made to skip
     the removed calls (``calls.install_skip``)."""
@@ -130,10 +157,15 @@ def make_stub(rep: Replacement, original: nn.Module | None, fitted: dict | None 
         return original
     structure = rep.structure
     fill = "zeros" if rep.mode == "identity" else rep.mode
-    stub = Removed(structure, type(original).__name__ if original is not None else "", fill, rep.out_index,
-                   cache_slot(original),
-                   fill_shape=rep.shape if fill == "mean" else None,
-                   linear=tuple(rep.shape) if fill == "linear" else None)
+    stub = Removed(
+        structure,
+        type(original).__name__ if original is not None else "",
+        fill,
+        rep.out_index,
+        cache_slot(original),
+        fill_shape=rep.shape if fill == "mean" else None,
+        linear=tuple(rep.shape) if fill == "linear" else None,
+    )
     stub.shadow = shadow_of(original, rep.path)  # what parents may still read of the original
     if original is not None:
         p = next(original.parameters(), None)
@@ -161,11 +193,15 @@ def apply(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) ->
     _check_data(plan, data)
     small = copy.deepcopy(unwrap(model))  # a compiled / DataParallel model gives a plain module
     for m in small.modules():  # a copy made inside `with Gates(...)` must not stay gated
-        for key in [k for k, fn in m._forward_hooks.items() if getattr(fn, "_flowprune_gate", False)]:
+        for key in [
+            k for k, fn in m._forward_hooks.items() if getattr(fn, "_flowprune_gate", False)
+        ]:
             del m._forward_hooks[key]
             m._forward_hooks_with_kwargs.pop(key, None)
             m._forward_hooks_always_called.pop(key, None)
-        for key in [k for k, fn in m._forward_pre_hooks.items() if getattr(fn, "_flowprune_gate", False)]:
+        for key in [
+            k for k, fn in m._forward_pre_hooks.items() if getattr(fn, "_flowprune_gate", False)
+        ]:
             del m._forward_pre_hooks[key]  # per-call gates count calls with pre-hooks
             m._forward_pre_hooks_with_kwargs.pop(key, None)
     return apply_(small, plan, check=check, data=data)

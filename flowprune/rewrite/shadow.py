@@ -27,8 +27,23 @@ from torch import nn
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__) | {"_is_hf_initialized"}
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
 # tensor reads that only look at metadata, allowed on a placeholder
-_METADATA = frozenset({"size", "dim", "numel", "nelement", "is_floating_point", "is_complex", "element_size",
-                       "stride", "is_contiguous", "__repr__", "__format__", "__len__", "get_device"})
+_METADATA = frozenset(
+    {
+        "size",
+        "dim",
+        "numel",
+        "nelement",
+        "is_floating_point",
+        "is_complex",
+        "element_size",
+        "stride",
+        "is_contiguous",
+        "__repr__",
+        "__format__",
+        "__len__",
+        "get_device",
+    }
+)
 
 
 class RemovedTensor(torch.Tensor):
@@ -45,12 +60,16 @@ class RemovedTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in ("__get__", "__set__") or name in _METADATA:  # .dtype, .shape, .device, .requires_grad
+        if (
+            name in ("__get__", "__set__") or name in _METADATA
+        ):  # .dtype, .shape, .device, .requires_grad
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **(kwargs or {}))
         where = next((a._where for a in args if isinstance(a, RemovedTensor)), cls._where)
-        raise RuntimeError(f"flowprune: {where} was removed by flowprune.apply, but the model still computes "
-                           f"with it ({name}); this module cannot be removed from this model")
+        raise RuntimeError(
+            f"flowprune: {where} was removed by flowprune.apply, but the model still computes "
+            f"with it ({name}); this module cannot be removed from this model"
+        )
 
 
 def _plain(v: Any) -> bool:
@@ -69,7 +88,9 @@ def shadow_of(module: nn.Module | None, path: str = "") -> dict | None:
     if module is None:
         return None
     attrs = {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS and _plain(v)}
-    for cls in type(module).__mro__:  # class-level settings (``attention_type = "sliding"``), plain properties
+    for cls in type(
+        module
+    ).__mro__:  # class-level settings (``attention_type = "sliding"``), plain properties
         if cls is nn.Module or cls is object:
             break
         for k, v in vars(cls).items():
@@ -82,12 +103,23 @@ def shadow_of(module: nn.Module | None, path: str = "") -> dict | None:
                     continue
             if _plain(v):
                 attrs[k] = v
-    tensors = {n: (tuple(t.shape), t.dtype, t.device)
-               for n, t in list(module._parameters.items()) + list(module._buffers.items()) if t is not None}
-    nones = [n for n, t in list(module._parameters.items()) + list(module._buffers.items()) if t is None]
+    tensors = {
+        n: (tuple(t.shape), t.dtype, t.device)
+        for n, t in list(module._parameters.items()) + list(module._buffers.items())
+        if t is not None
+    }
+    nones = [
+        n for n, t in list(module._parameters.items()) + list(module._buffers.items()) if t is None
+    ]
     modules = {n: shadow_of(m) for n, m in module._modules.items() if m is not None}
-    return {"type": type(module).__name__, "path": path, "attrs": attrs, "tensors": tensors, "none": nones,
-            "modules": modules}
+    return {
+        "type": type(module).__name__,
+        "path": path,
+        "attrs": attrs,
+        "tensors": tensors,
+        "none": nones,
+        "modules": modules,
+    }
 
 
 def resolve(spec: dict | None, name: str, anchor: torch.Tensor | None, where: str) -> Any:
@@ -100,7 +132,11 @@ def resolve(spec: dict | None, name: str, anchor: torch.Tensor | None, where: st
         shape, dtype, device = spec["tensors"][name]
         if anchor is not None:  # follow model.to(device) / .half() done after the rewrite
             device = anchor.device
-            dtype = anchor.dtype if dtype.is_floating_point and anchor.dtype.is_floating_point else dtype
+            dtype = (
+                anchor.dtype
+                if dtype.is_floating_point and anchor.dtype.is_floating_point
+                else dtype
+            )
         return RemovedTensor.make(shape, dtype, device, f"'{where}.{name}'")
     if name in spec["none"]:
         return None  # e.g. Linear(bias=False).bias
@@ -121,13 +157,19 @@ class Shadow:
         try:
             return resolve(self._spec, name, self._anchor, self._where)
         except AttributeError:
-            raise AttributeError(f"'{self._where}' ({self._spec['type']}) was removed by flowprune.apply and "
-                                 f"had no attribute '{name}'") from None
+            raise AttributeError(
+                f"'{self._where}' ({self._spec['type']}) was removed by flowprune.apply and "
+                f"had no attribute '{name}'"
+            ) from None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"flowprune: '{self._where}' was removed by flowprune.apply, but the model still calls it")
+        raise RuntimeError(
+            f"flowprune: '{self._where}' was removed by flowprune.apply, but the model still calls it"
+        )
 
-    def modules(self):  # parents that scan ``self.modules()`` for hooks (nn.TransformerEncoderLayer)
+    def modules(
+        self,
+    ):  # parents that scan ``self.modules()`` for hooks (nn.TransformerEncoderLayer)
         return iter(())
 
     def __repr__(self) -> str:

@@ -31,9 +31,16 @@ class Removed(nn.Module):
 
     flowprune_stub = True  # read by candidate discovery: a stub is never a candidate again
 
-    def __init__(self, structure: dict, original: str = "", fill: str = "zeros", out_index: int = 0,
-                 layer_idx: int | None = None, fill_shape: list[int] | None = None,
-                 linear: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        structure: dict,
+        original: str = "",
+        fill: str = "zeros",
+        out_index: int = 0,
+        layer_idx: int | None = None,
+        fill_shape: list[int] | None = None,
+        linear: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         self.structure = structure
         self.original = original
@@ -55,15 +62,23 @@ class Removed(nn.Module):
         if self.mode == "mean":
             out = replace_tensor_leaf(out, self.out_index, lambda z: z + self.fill.to(z.dtype))
         elif self.mode == "linear":
-            out = replace_tensor_leaf(out, self.out_index, lambda z: self._linear_fill(x).to(z.dtype))
-        fill_cache_slot(kwargs, getattr(self, "layer_idx", None), x)  # the KV cache keeps its length
+            out = replace_tensor_leaf(
+                out, self.out_index, lambda z: self._linear_fill(x).to(z.dtype)
+            )
+        fill_cache_slot(
+            kwargs, getattr(self, "layer_idx", None), x
+        )  # the KV cache keeps its length
         return out
 
     def _linear_fill(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., C_in] -> [..., C_out] (dim -1), or [B, C_in, *S] -> [B, C_out, *S] (dim 1: a 1×1 conv)
         x = x.to(self.linear.weight.dtype)
         d = getattr(self, "fill_dim", -1)
-        return self.linear(x) if d in (-1, x.dim() - 1) else self.linear(x.movedim(d, -1)).movedim(-1, d)
+        return (
+            self.linear(x)
+            if d in (-1, x.dim() - 1)
+            else self.linear(x.movedim(d, -1)).movedim(-1, d)
+        )
 
     def __getattr__(self, name: str) -> Any:
         # Parents read attributes of the module this stub replaced (fast-path checks, dtype casts):
@@ -75,10 +90,19 @@ class Removed(nn.Module):
             if spec is None or name.startswith("__"):
                 raise
             try:
-                return resolve(spec, name, self.__dict__["_buffers"].get("anchor"), spec.get("path") or self.original)
+                return resolve(
+                    spec,
+                    name,
+                    self.__dict__["_buffers"].get("anchor"),
+                    spec.get("path") or self.original,
+                )
             except AttributeError:
-                raise AttributeError(f"'{spec.get('path') or 'module'}' ({self.original}) was removed by "
-                                     f"flowprune.apply and had no attribute '{name}'") from None
+                raise AttributeError(
+                    f"'{spec.get('path') or 'module'}' ({self.original}) was removed by "
+                    f"flowprune.apply and had no attribute '{name}'"
+                ) from None
 
     def extra_repr(self) -> str:
-        return (f"was {self.original}" if self.original else "") + (f", fill={self.mode}" if self.mode != "zeros" else "")
+        return (f"was {self.original}" if self.original else "") + (
+            f", fill={self.mode}" if self.mode != "zeros" else ""
+        )

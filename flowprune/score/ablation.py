@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .engine import Engine, replay_sources
 from ..data import split_batch
+from .engine import Engine, replay_sources
 from .losses import _token_mask, distill_loss, logits_of, reduce_per_sample
 
 
@@ -63,8 +63,14 @@ def _own(eng: Engine, c, deepest) -> list[str]:
     return [me.key] if me.end < first.start else []
 
 
-def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = (), replay: bool = True,
-           progress: bool | None = None, base_loss: float | None = None) -> dict[str, dict[str, float]]:
+def ablate(
+    eng: Engine,
+    ids: Sequence[str] | None = None,
+    base: Sequence[str] = (),
+    replay: bool = True,
+    progress: bool | None = None,
+    base_loss: float | None = None,
+) -> dict[str, dict[str, float]]:
     """For each candidate in ``ids`` (default: all), with ``base`` already removed: the exact loss
     change ``loss`` relative to the loss with ``base`` removed (``base_loss``, measured here if not
     given), and ``kl``/``spvr`` against the original model's outputs.  Batch by batch, so memory holds
@@ -72,16 +78,22 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
 
     Every module replayed for some candidate finishes before the deepest candidate starts, so when the
     base loss is known the deepest candidate's own (full) ablated pass records them all: no extra pass."""
-    cands = [c for c in eng.candidates if (ids is None or c.id in set(ids)) and c.id not in set(base)]
+    cands = [
+        c for c in eng.candidates if (ids is None or c.id in set(ids)) and c.id not in set(base)
+    ]
     cands.sort(key=lambda c: eng.graph.call(c.cid).start, reverse=True)  # deepest first
     eng.references()
-    sources = {c.id: replay_sources(eng.graph, c) + _own(eng, c, cands[0]) if replay else [] for c in cands}
+    sources = {
+        c.id: replay_sources(eng.graph, c) + _own(eng, c, cands[0]) if replay else [] for c in cands
+    }
     wanted = set().union(*sources.values()) if sources else set()
     sums = {c.id: {"loss": 0.0, "kl": 0.0, "spvr": 0.0} for c in cands}
     measured_base = 0.0
     n_tokens = 0
     show = eng.progress if progress is None else progress
-    bar = tqdm(total=len(eng.batches) * len(cands), desc="exact ablation", disable=not show, leave=False)
+    bar = tqdm(
+        total=len(eng.batches) * len(cands), desc="exact ablation", disable=not show, leave=False
+    )
     with torch.no_grad():
         for i, n in enumerate(eng.sizes):
             ref_probs = _reference_probs(eng.refs[i])
@@ -91,8 +103,12 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
                     measured_base += float(eng.batch_loss(i, eng.run(i))) * n
             for k, c in enumerate(cands):
                 recording = base_loss is not None and k == 0
-                with eng.alphas(eng.alpha_for([*base, c.id])), \
-                        (eng.recording(wanted) if recording else eng.replaying(store, sources[c.id])) as rec:
+                with (
+                    eng.alphas(eng.alpha_for([*base, c.id])),
+                    (
+                        eng.recording(wanted) if recording else eng.replaying(store, sources[c.id])
+                    ) as rec,
+                ):
                     out = eng.run(i)
                 if recording:
                     store = rec
@@ -103,20 +119,28 @@ def ablate(eng: Engine, ids: Sequence[str] | None = None, base: Sequence[str] = 
                 bar.update()
             lg = logits_of(eng.refs[i])
             w = _real_tokens(eng, i, lg[..., 0]) if lg is not None else None
-            n_tokens += n if lg is None else (float(w.sum()) if w is not None else int(lg[..., 0].numel()))
+            n_tokens += (
+                n if lg is None else (float(w.sum()) if w is not None else int(lg[..., 0].numel()))
+            )
     bar.close()
     total = sum(eng.sizes)
     L0 = measured_base / total if base_loss is None else base_loss
     order = {c.id: k for k, c in enumerate(eng.candidates)}
-    return {cand_id: {"loss": s["loss"] / total - L0, "kl": s["kl"] / n_tokens, "spvr": s["spvr"]}
-            for cand_id, s in sorted(sums.items(), key=lambda kv: order[kv[0]])}
+    return {
+        cand_id: {"loss": s["loss"] / total - L0, "kl": s["kl"] / n_tokens, "spvr": s["spvr"]}
+        for cand_id, s in sorted(sums.items(), key=lambda kv: order[kv[0]])
+    }
 
 
 def exact_rescore(eng: Engine, base_loss: float):
     """``rescore(rest, removed)`` for the greedy solver: the exact ΔL of each of ``rest`` given ``removed``
     already gone, relative to the original loss ``base_loss`` (ablation with replay)."""
+
     def rescore(rest: list[str], removed: list[str]) -> dict[str, float]:
         L = eng.loss(removed) if removed else base_loss
-        return {k: v["loss"] + L - base_loss for k, v in ablate(eng, rest, base=removed, base_loss=L).items()}
+        return {
+            k: v["loss"] + L - base_loss
+            for k, v in ablate(eng, rest, base=removed, base_loss=L).items()
+        }
 
     return rescore

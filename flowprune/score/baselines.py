@@ -14,7 +14,11 @@ def magnitude(graph: FlowGraph, cands: list[Candidate]) -> dict[str, float]:
     out = {}
     for c in cands:
         paths = [r.path for r in graph.effect([c.id]).replacements]
-        ws = [p.detach().float().flatten() for n, p in named if any(within(n.rpartition(".")[0], q) for q in paths)]
+        ws = [
+            p.detach().float().flatten()
+            for n, p in named
+            if any(within(n.rpartition(".")[0], q) for q in paths)
+        ]
         w = torch.cat(ws) if ws else torch.zeros(1)
         out[c.id] = float(w.pow(2).mean().sqrt())
     return out

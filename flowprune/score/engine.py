@@ -14,22 +14,21 @@ its earlier calls and runs its later ones; a replayed call makes no calls inside
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
 
+from .._runtime import call_model, eval_mode
 from .._tree import tensor_leaves
+from ..adapters import scoring_kwargs
 from ..data import batch_size, split_batch
 from ..errors import InputError
 from ..gates import Gates
 from ..graph import Candidate, FlowGraph
 from ..graph.callstack import call_key
 from ..graph.internal import is_internal
-from .._runtime import call_model, eval_mode
-from ..adapters import scoring_kwargs
 from .losses import LossSpec, resolve
 
 
@@ -66,8 +65,14 @@ class Engine:
     ...     dl = eng.loss(removed=["model.layers.3:layer"]) - base
     """
 
-    def __init__(self, graph: FlowGraph, batches: Sequence[Any], loss: LossSpec = "distill",
-                 gates: Gates | None = None, progress: bool = True):
+    def __init__(
+        self,
+        graph: FlowGraph,
+        batches: Sequence[Any],
+        loss: LossSpec = "distill",
+        gates: Gates | None = None,
+        progress: bool = True,
+    ):
         self.graph, self.model = graph, graph.model
         self.batches = list(batches)
         self.sizes = [batch_size(b) for b in self.batches]
@@ -160,15 +165,23 @@ class Engine:
         nothing may be scored, planned or fitted on it."""
         self.references()
         for i, ref in enumerate(self.refs):
-            bad = [t for t in tensor_leaves(ref) if t.is_floating_point() and not torch.isfinite(t).all()]
+            bad = [
+                t
+                for t in tensor_leaves(ref)
+                if t.is_floating_point() and not torch.isfinite(t).all()
+            ]
             if bad:
-                raise InputError(f"the model's output on calibration batch {i} contains NaN or inf (before any "
-                                 f"removal): check that batch's inputs and the model's weights, or leave it out")
+                raise InputError(
+                    f"the model's output on calibration batch {i} contains NaN or inf (before any "
+                    f"removal): check that batch's inputs and the model's weights, or leave it out"
+                )
             with torch.no_grad():
                 v = self.batch_loss(i, self.refs[i])
             if not torch.isfinite(v).all():
-                raise InputError(f"the calibration loss of batch {i} is {float(v)} before any removal: check the "
-                                 f"batch's labels/inputs and the loss function")
+                raise InputError(
+                    f"the calibration loss of batch {i} is {float(v)} before any removal: check the "
+                    f"batch's labels/inputs and the loss function"
+                )
 
     def loss(self, removed: Sequence[str] = ()) -> float:
         """Calibration loss with ``removed`` candidates gated off (full forward, no replay)."""
@@ -218,6 +231,7 @@ class Engine:
                 if not is_internal():
                     running[p].append(counts[p])
                     counts[p] += 1
+
             return fn
 
         def post(p: str):
@@ -228,6 +242,7 @@ class Engine:
                 if k in want[p]:
                     key = call_key(p, k)
                     store[key], seen[key] = _shallow(out), self._versions(out)
+
             return fn
 
         def reset(m, a):
@@ -237,7 +252,10 @@ class Engine:
 
         hooks = [self.model.register_forward_pre_hook(reset, prepend=True)]
         for p in want:
-            hooks += [self._modules[p].register_forward_pre_hook(pre(p)), self._modules[p].register_forward_hook(post(p))]
+            hooks += [
+                self._modules[p].register_forward_pre_hook(pre(p)),
+                self._modules[p].register_forward_hook(post(p)),
+            ]
         try:
             yield store
         finally:
@@ -258,7 +276,9 @@ class Engine:
         paths = list(self._by_path(keys))
         cids = self.__dict__.setdefault("_cids", {c.key: c.cid for c in self.graph.calls})
         counts = {p: 0 for p in paths}
-        own = {p: vars(self._modules[p]).get("forward") for p in paths}  # e.g. accelerate's wrappers
+        own = {
+            p: vars(self._modules[p]).get("forward") for p in paths
+        }  # e.g. accelerate's wrappers
         versions = {k: self._versions(store[k]) for k in keys}
 
         def replay(p: str, run):
@@ -274,6 +294,7 @@ class Engine:
                     counts[q] += n
                 self.gates.skipped(cids[key])
                 return _shallow(store[key])
+
             return forward
 
         def reset(m, a):

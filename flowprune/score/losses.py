@@ -62,7 +62,9 @@ def _token_mask(inputs: Any, like: torch.Tensor) -> torch.Tensor:
 
 def _per_sample_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # values, mask: [B, T] -> [B]; a masked value counts as 0 even if it is inf/NaN (padding garbage)
-    return torch.where(mask > 0, values * mask, values.new_zeros(())).sum(1) / mask.sum(1).clamp_min(1)
+    return torch.where(mask > 0, values * mask, values.new_zeros(())).sum(1) / mask.sum(
+        1
+    ).clamp_min(1)
 
 
 def lm_loss(out: Any, batch: Any, ref: Any = None) -> torch.Tensor:
@@ -78,8 +80,10 @@ def lm_loss(out: Any, batch: Any, ref: Any = None) -> torch.Tensor:
 def ce_loss(out: Any, batch: Any, ref: Any = None) -> torch.Tensor:
     _, labels = split_batch(batch)
     if labels is None:
-        raise InputError("loss='ce' needs labels: batches as (inputs, labels) or dicts with a 'labels' key; "
-                         "or use loss='distill', which needs none")
+        raise InputError(
+            "loss='ce' needs labels: batches as (inputs, labels) or dicts with a 'labels' key; "
+            "or use loss='distill', which needs none"
+        )
     lg = logits_of(out).float()
     if lg.dim() == 2:
         return F.cross_entropy(lg, labels, reduction="none")
@@ -104,11 +108,15 @@ def distill_loss(out: Any, batch: Any, ref: Any) -> torch.Tensor:
     inputs, _ = split_batch(batch)
     lg, lg_ref = logits_of(out), logits_of(ref)
     if lg is not None and lg_ref is not None:
-        return kl_per_sample(F.log_softmax(lg_ref.float(), -1), F.log_softmax(lg.float(), -1), inputs)
+        return kl_per_sample(
+            F.log_softmax(lg_ref.float(), -1), F.log_softmax(lg.float(), -1), inputs
+        )
     h, h_ref = hidden_of(out).float(), hidden_of(ref).float()
     # [B, T, D]: cosine per token, averaged over real tokens; [B, C, H, W] or [B, D]: cosine per sample
     dim = -1 if h.dim() == 3 else 1
-    cos = F.cosine_similarity(h if h.dim() <= 3 else h.flatten(1), h_ref if h.dim() <= 3 else h_ref.flatten(1), dim=dim)
+    cos = F.cosine_similarity(
+        h if h.dim() <= 3 else h.flatten(1), h_ref if h.dim() <= 3 else h_ref.flatten(1), dim=dim
+    )
     return reduce_per_sample(1 - cos, inputs)  # [B, T] -> [B] over attention_mask; [B] as is
 
 
@@ -130,7 +138,9 @@ def takes_reference(fn: Callable) -> str | None:
     if p is not None and p.kind is not inspect.Parameter.POSITIONAL_ONLY:
         return "keyword"
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    required = [p for p in params.values() if p.kind in positional and p.default is inspect.Parameter.empty]
+    required = [
+        p for p in params.values() if p.kind in positional and p.default is inspect.Parameter.empty
+    ]
     return "positional" if len(required) >= 3 else None
 
 
@@ -139,8 +149,10 @@ def resolve(loss: LossSpec) -> tuple[Callable[[Any, Any, Any], torch.Tensor], bo
     ``ref`` (the original model's output) when it asks for it (see ``takes_reference``)."""
     if isinstance(loss, str):
         if loss not in BUILTIN:
-            raise InputError(f"unknown loss {loss!r}: use 'lm', 'ce', 'distill' or a callable (outputs, batch) "
-                             f"-> scalar or (outputs, batch, reference) -> scalar")
+            raise InputError(
+                f"unknown loss {loss!r}: use 'lm', 'ce', 'distill' or a callable (outputs, batch) "
+                f"-> scalar or (outputs, batch, reference) -> scalar"
+            )
         return BUILTIN[loss], True
     if callable(loss):
         how = takes_reference(loss)

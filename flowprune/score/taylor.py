@@ -33,26 +33,44 @@ def _math_sdpa():
         return nullcontext()
 
 
-def _hvp_rows(g: torch.Tensor, alpha: torch.Tensor, vectors: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+def _hvp_rows(
+    g: torch.Tensor, alpha: torch.Tensor, vectors: torch.Tensor, chunk: int = 8
+) -> torch.Tensor:
     """Rows vᵀH for each row v of ``vectors`` [K, C], from the gradient ``g`` built with create_graph:
     batched backwards of ``chunk`` vectors at a time (memory grows with the chunk)."""
     rows = []
     for i in range(0, len(vectors), chunk):
-        v = vectors[i:i + chunk]
+        v = vectors[i : i + chunk]
         try:
-            rows.append(torch.autograd.grad(g, alpha, grad_outputs=v, is_grads_batched=True, retain_graph=True)[0])
+            rows.append(
+                torch.autograd.grad(
+                    g, alpha, grad_outputs=v, is_grads_batched=True, retain_graph=True
+                )[0]
+            )
         except RuntimeError:  # an op without a batching rule: one backward per vector
-            rows.append(torch.stack([torch.autograd.grad(g, alpha, grad_outputs=u, retain_graph=True)[0] for u in v]))
+            rows.append(
+                torch.stack(
+                    [torch.autograd.grad(g, alpha, grad_outputs=u, retain_graph=True)[0] for u in v]
+                )
+            )
     return torch.cat(rows)
 
 
-def gradient_and_hessian(eng: Engine, hessian: str = "full", method: str = "autograd", probes: int = 16,
-                         at: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def gradient_and_hessian(
+    eng: Engine,
+    hessian: str = "full",
+    method: str = "autograd",
+    probes: int = 16,
+    at: torch.Tensor | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(g [C], H [C, C] or None).  ``hessian``: "full", "diag" (Hutchinson; H returned diagonal) or "none".
     ``method``: "autograd" (reverse-over-reverse) or "func" (``torch.func.jvp`` over ``torch.func.grad``)."""
     C = len(eng.candidates)
     if C == 0:
-        return torch.zeros(0, dtype=torch.float64), (None if hessian == "none" else torch.zeros(0, 0, dtype=torch.float64))
+        return torch.zeros(0, dtype=torch.float64), (
+            None if hessian == "none" else torch.zeros(0, 0, dtype=torch.float64)
+        )
     dev = eng.gates.device
     at = torch.ones(C, dtype=torch.float64, device=dev) if at is None else at.double().to(dev)
     eng.references()
@@ -64,7 +82,10 @@ def gradient_and_hessian(eng: Engine, hessian: str = "full", method: str = "auto
         V = (torch.randint(0, 2, (probes, C), generator=gen) * 2 - 1).double().to(dev)
     else:
         V = torch.eye(C, dtype=torch.float64, device=dev)
-    for i, n in enumerate(tqdm(eng.sizes, desc="gate Taylor", disable=not eng.progress, leave=False)):
+    for i, n in enumerate(
+        tqdm(eng.sizes, desc="gate Taylor", disable=not eng.progress, leave=False)
+    ):
+
         def loss_at(a: torch.Tensor, i: int = i) -> torch.Tensor:
             with eng.alphas(a):
                 return eng.batch_loss(i, eng.run(i))
@@ -92,7 +113,9 @@ def gradient_and_hessian(eng: Engine, hessian: str = "full", method: str = "auto
     return g_sum / total, H
 
 
-def _func_batch(loss_at: Callable, at: torch.Tensor, V: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+def _func_batch(
+    loss_at: Callable, at: torch.Tensor, V: torch.Tensor | None
+) -> tuple[torch.Tensor, Any]:
     from torch.func import grad, jvp
 
     grad_fn = grad(loss_at)
@@ -102,10 +125,14 @@ def _func_batch(loss_at: Callable, at: torch.Tensor, V: torch.Tensor | None) -> 
     return g, torch.stack([jvp(grad_fn, (at,), (v,))[1] for v in V])
 
 
-def fisher(eng: Engine, at: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def fisher(
+    eng: Engine, at: torch.Tensor | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(g [C], F [C, C]): F = mean over samples of ∇ℓ_n ∇ℓ_nᵀ (one batched backward per batch)."""
     if not eng.per_sample:
-        raise InputError("the Fisher variant needs per-sample losses: use loss='lm', 'ce' or 'distill'")
+        raise InputError(
+            "the Fisher variant needs per-sample losses: use loss='lm', 'ce' or 'distill'"
+        )
     C = len(eng.candidates)
     if C == 0:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(0, 0, dtype=torch.float64)
@@ -119,15 +146,33 @@ def fisher(eng: Engine, at: torch.Tensor | None = None, seed: int = 0) -> tuple[
         with eng.alphas(alpha), _math_sdpa():
             out = eng.run(i)
             per = eng.batch_loss(i, out, per_sample=True)  # [B]
-            fisher_rows = _fisher_outputs(out, refs[i], eng, i, gen) if eng.fn.__name__ == "distill_loss" else None
+            fisher_rows = (
+                _fisher_outputs(out, refs[i], eng, i, gen)
+                if eng.fn.__name__ == "distill_loss"
+                else None
+            )
         eye = torch.eye(len(per), dtype=per.dtype, device=per.device)
-        J = torch.autograd.grad(per, alpha, grad_outputs=eye, is_grads_batched=True,
-                                retain_graph=fisher_rows is not None)[0]  # [B, C]
+        J = torch.autograd.grad(
+            per,
+            alpha,
+            grad_outputs=eye,
+            is_grads_batched=True,
+            retain_graph=fisher_rows is not None,
+        )[0]  # [B, C]
         g_sum += J.sum(0).detach().cpu()
         if fisher_rows is not None:
-            outs, weights = fisher_rows  # [R] scalars whose weighted gradient outer products sum to F·B
-            J = torch.autograd.grad(outs, alpha, grad_outputs=torch.eye(len(outs), dtype=outs.dtype, device=outs.device),
-                                    is_grads_batched=True)[0] * weights.double().sqrt()[:, None]
+            outs, weights = (
+                fisher_rows  # [R] scalars whose weighted gradient outer products sum to F·B
+            )
+            J = (
+                torch.autograd.grad(
+                    outs,
+                    alpha,
+                    grad_outputs=torch.eye(len(outs), dtype=outs.dtype, device=outs.device),
+                    is_grads_batched=True,
+                )[0]
+                * weights.double().sqrt()[:, None]
+            )
         F_sum += (J.T @ J).detach().cpu()
     total = sum(eng.sizes)
     return g_sum / total, F_sum / total
@@ -136,7 +181,9 @@ def fisher(eng: Engine, at: torch.Tensor | None = None, seed: int = 0) -> tuple[
 EXACT_ROWS = 128  # classifiers: exact over the classes while batch × classes stays below this
 
 
-def _fisher_outputs(out: Any, ref: Any, eng: Engine, i: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _fisher_outputs(
+    out: Any, ref: Any, eng: Engine, i: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scalars r and weights w with Σ w ∇r ∇rᵀ ≈ B × the Fisher of the distill loss (the Hessian of the
     per-sample KL at α = 1: Jᵀ(diag p − ppᵀ)J with J = ∂logits/∂α).
 
@@ -145,12 +192,14 @@ def _fisher_outputs(out: Any, ref: Any, eng: Engine, i: int, gen: torch.Generato
     v_t = (diag √p_t − p_t √p_tᵀ) z_t, z_t ~ N(0, I), whose covariance is diag p − ppᵀ; summed over the
     tokens of a sequence and weighted by 1/T (cross-token terms vanish in expectation).  One backward
     row per sample, with less variance than sampling labels."""
-    from .losses import _token_mask
     from ..data import split_batch
+    from .losses import _token_mask
 
     lg, lg_ref = logits_of(out), logits_of(ref)
     if lg is None or lg_ref is None:
-        raise InputError("the Fisher variant of the distill loss needs logits (the model returns none)")
+        raise InputError(
+            "the Fisher variant of the distill loss needs logits (the model returns none)"
+        )
     if lg.dim() == 2 and lg.numel() <= EXACT_ROWS:
         return F.log_softmax(lg.float(), -1).flatten(), F.softmax(lg_ref.float(), -1).flatten()
     p = F.softmax(lg_ref.double(), -1)  # [..., K]

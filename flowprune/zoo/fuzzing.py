@@ -38,7 +38,9 @@ Pick = Callable[[list[str]], list[str]]  # candidate ids -> the ids to remove to
 class Failure:
     category: str  # crash | refused | wrong | params | modified | invalid
     stage: str  # trace | candidates | gates | gated | plan | apply | rewritten | untouched | build
-    key: tuple  # what makes two failures "the same": category, stage, error type, where / block kind
+    key: (
+        tuple  # what makes two failures "the same": category, stage, error type, where / block kind
+    )
     detail: str
     ids: tuple[str, ...] = ()
 
@@ -51,8 +53,12 @@ class Outcome:
     dropped: int = 0  # candidates the gates' self-check dropped
     rewrites: int = 0
     equal: int = 0
-    kinds: dict[str, int] = field(default_factory=dict)  # block kind -> candidates found in such blocks
-    drops: list[tuple[str, str]] = field(default_factory=list)  # (block kind, why) per self-check drop
+    kinds: dict[str, int] = field(
+        default_factory=dict
+    )  # block kind -> candidates found in such blocks
+    drops: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (block kind, why) per self-check drop
     failures: list[Failure] = field(default_factory=list)
 
 
@@ -67,11 +73,15 @@ def _where(e: BaseException) -> str:
 def _error(stage: str, e: BaseException, ids: tuple[str, ...] = ()) -> Failure:
     cat = "refused" if isinstance(e, flowprune.FlowpruneError) else "crash"
     msg = str(e).splitlines()[0][:300] if str(e) else ""
-    return Failure(cat, stage, (cat, stage, type(e).__name__, _where(e)), f"{type(e).__name__}: {msg}", ids)
+    return Failure(
+        cat, stage, (cat, stage, type(e).__name__, _where(e)), f"{type(e).__name__}: {msg}", ids
+    )
 
 
 def _outs(model: torch.nn.Module, x: Any) -> list[torch.Tensor]:
-    x = pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, x)  # the model may write into it
+    x = pytree.tree_map(
+        lambda t: t.clone() if isinstance(t, torch.Tensor) else t, x
+    )  # the model may write into it
     with torch.no_grad():
         return [t.clone() for t in tensor_leaves(call_model(model, x)) if t.is_floating_point()]
 
@@ -96,7 +106,9 @@ def check_spec(spec: NetSpec, pick: Pick | None = None) -> Outcome:
         x2 = example_inputs(spec, extra=1)
         ref, ref2 = _outs(model, x), _outs(model, x2)
     except Exception as e:  # the generator's fault, not flowprune's
-        out.failures.append(Failure("invalid", "build", ("invalid", type(e).__name__), f"{type(e).__name__}: {e}"))
+        out.failures.append(
+            Failure("invalid", "build", ("invalid", type(e).__name__), f"{type(e).__name__}: {e}")
+        )
         return out
     before = {k: v.clone() for k, v in model.state_dict().items()}
     n_params = _params(model)
@@ -132,13 +144,25 @@ def check_spec(spec: NetSpec, pick: Pick | None = None) -> Outcome:
         if gates is not None:
             gates.__exit__(None, None, None)
     _check_untouched(out, model, before, x, x2, ref, ref2)
-    if any(writes_input(b) for b in spec.conv + spec.blocks):  # told apart: one known gate limitation
+    if any(
+        writes_input(b) for b in spec.conv + spec.blocks
+    ):  # told apart: one known gate limitation
         for f in out.failures:
             f.key += ("spec writes into block inputs",)
     return out
 
 
-def _check_removal(out: Outcome, model: Any, graph: Any, gates: Any, ids: tuple[str, ...], x: Any, x2: Any, n_params: int, predicted: int | None) -> None:
+def _check_removal(
+    out: Outcome,
+    model: Any,
+    graph: Any,
+    gates: Any,
+    ids: tuple[str, ...],
+    x: Any,
+    x2: Any,
+    n_params: int,
+    predicted: int | None,
+) -> None:
     stage = "gated"
     try:
         with gates.removed(list(ids)):
@@ -155,40 +179,77 @@ def _check_removal(out: Outcome, model: Any, graph: Any, gates: Any, ids: tuple[
     out.rewrites += 1
     kind = _block_kind(model, graph.candidate(ids[0]).path) if len(ids) == 1 else "joint"
     for name, a, b in (("x", gated, got), ("bigger x", gated2, got2)):
-        if len(a) != len(b) or any(u.shape != v.shape or not torch.allclose(u, v, atol=ATOL, rtol=0) for u, v in zip(a, b)):
-            diff = max(((u - v).abs().max().item() if u.shape == v.shape else float("inf")) for u, v in zip(a, b)) \
-                if len(a) == len(b) and a else float("inf")
-            out.failures.append(Failure("wrong", "rewritten", ("wrong", kind, name), f"rewritten != gated on {name} "
-                                        f"(max |diff| {diff:.3g})", ids))
+        if len(a) != len(b) or any(
+            u.shape != v.shape or not torch.allclose(u, v, atol=ATOL, rtol=0) for u, v in zip(a, b)
+        ):
+            diff = (
+                max(
+                    ((u - v).abs().max().item() if u.shape == v.shape else float("inf"))
+                    for u, v in zip(a, b)
+                )
+                if len(a) == len(b) and a
+                else float("inf")
+            )
+            out.failures.append(
+                Failure(
+                    "wrong",
+                    "rewritten",
+                    ("wrong", kind, name),
+                    f"rewritten != gated on {name} (max |diff| {diff:.3g})",
+                    ids,
+                )
+            )
             break
     else:
         out.equal += 1
     measured = n_params - _params(small)
     if measured != plan.params_removed or (predicted is not None and predicted != measured):
-        out.failures.append(Failure("params", "apply", ("params", kind), f"measured drop {measured}, plan "
-                                    f"{plan.params_removed}, candidate {predicted}", ids))
+        out.failures.append(
+            Failure(
+                "params",
+                "apply",
+                ("params", kind),
+                f"measured drop {measured}, plan {plan.params_removed}, candidate {predicted}",
+                ids,
+            )
+        )
 
 
-def _check_untouched(out: Outcome, model: Any, before: dict, x: Any, x2: Any,
-                     ref: list, ref2: list) -> None:
+def _check_untouched(
+    out: Outcome, model: Any, before: dict, x: Any, x2: Any, ref: list, ref2: list
+) -> None:
     try:
-        same = set(before) == set(model.state_dict()) and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        same = set(before) == set(model.state_dict()) and all(
+            torch.equal(before[k], v) for k, v in model.state_dict().items()
+        )
         now, now2 = _outs(model, x), _outs(model, x2)
         same = same and all(torch.equal(a, b) for a, b in zip(ref + ref2, now + now2))
-        hooks = any(getattr(fn, "_flowprune_gate", False) for m in model.modules() for fn in m._forward_hooks.values())
+        hooks = any(
+            getattr(fn, "_flowprune_gate", False)
+            for m in model.modules()
+            for fn in m._forward_hooks.values()
+        )
     except Exception as e:
         out.failures.append(_error("untouched", e))
         return
     if not same or hooks:
-        out.failures.append(Failure("modified", "untouched", ("modified",),
-                                    "the caller's model was changed" + (" (gate hooks left)" if hooks else "")))
+        out.failures.append(
+            Failure(
+                "modified",
+                "untouched",
+                ("modified",),
+                "the caller's model was changed" + (" (gate hooks left)" if hooks else ""),
+            )
+        )
 
 
 # -- hypothesis strategy --------------------------------------------------------------------------------
 def writes_input(b: Block) -> bool:
     """True if the block may write into its own input in place (``x += f(x)``, ``relu_(x)``).  Kinds
     that fall back to "res" ("again" without a block to repeat, "mha"/"rnn" outside "seq") count as res."""
-    inplace_act = b.act in ("relu_inplace", "f_relu_") and b.norm != "pre"  # applied to the input itself
+    inplace_act = (
+        b.act in ("relu_inplace", "f_relu_") and b.norm != "pre"
+    )  # applied to the input itself
     if b.kind == "shared":
         return b.variant % VARIANTS["shared"] == 1 and inplace_act
     if b.kind == "func":
@@ -214,19 +275,34 @@ def net_specs(max_blocks: int = 5, max_conv: int = 3, input_writes: bool = True)
     from hypothesis import strategies as st
 
     def blocks(dom: str, lo: int, hi: int) -> Any:
-        block = st.builds(Block, kind=st.sampled_from(KINDS[dom]), width=st.integers(2, 6),
-                          act=st.sampled_from(ACTS), norm=st.sampled_from(NORMS), variant=st.integers(0, 13),
-                          bn=st.booleans())
-        return st.lists(block if input_writes else block.map(tame), min_size=lo, max_size=hi).map(tuple)
+        block = st.builds(
+            Block,
+            kind=st.sampled_from(KINDS[dom]),
+            width=st.integers(2, 6),
+            act=st.sampled_from(ACTS),
+            norm=st.sampled_from(NORMS),
+            variant=st.integers(0, 13),
+            bn=st.booleans(),
+        )
+        return st.lists(block if input_writes else block.map(tame), min_size=lo, max_size=hi).map(
+            tuple
+        )
 
     def with_input(inp: str) -> Any:
         conv = blocks("img", 1, max_conv) if inp == "img" else st.just(())
-        return st.builds(NetSpec, input=st.just(inp), dim=st.integers(2, 6), conv=conv,
-                         blocks=blocks(inp, 0 if inp == "img" else 1, max_blocks if inp != "img" else 2),
-                         container=st.sampled_from(("list", "seq", "attrs")),
-                         out=st.sampled_from(("tensor", "tuple", "dict")), seed=st.integers(0, 2**16),
-                         call=st.sampled_from(("tensor", "tuple", "dict")), batch=st.integers(1, 3),
-                         double=st.booleans())
+        return st.builds(
+            NetSpec,
+            input=st.just(inp),
+            dim=st.integers(2, 6),
+            conv=conv,
+            blocks=blocks(inp, 0 if inp == "img" else 1, max_blocks if inp != "img" else 2),
+            container=st.sampled_from(("list", "seq", "attrs")),
+            out=st.sampled_from(("tensor", "tuple", "dict")),
+            seed=st.integers(0, 2**16),
+            call=st.sampled_from(("tensor", "tuple", "dict")),
+            batch=st.integers(1, 3),
+            double=st.booleans(),
+        )
 
     return st.sampled_from(("vec", "seq", "img")).flatmap(with_input)
 
@@ -241,9 +317,16 @@ def _simpler(spec: NetSpec) -> Iterator[NetSpec]:
                 break
             if name == "conv" and len(bs) == 1:
                 break
-            yield replace(spec, **{name: bs[:i] + bs[i + 1:]})
-    for f, v in (("out", "tensor"), ("container", "list"), ("call", "tensor"), ("double", False), ("batch", 3),
-                 ("dim", 2), ("seed", 0)):
+            yield replace(spec, **{name: bs[:i] + bs[i + 1 :]})
+    for f, v in (
+        ("out", "tensor"),
+        ("container", "list"),
+        ("call", "tensor"),
+        ("double", False),
+        ("batch", 3),
+        ("dim", 2),
+        ("seed", 0),
+    ):
         if getattr(spec, f) != v:
             yield replace(spec, **{f: v})
     plain = Block("res")
@@ -252,14 +335,20 @@ def _simpler(spec: NetSpec) -> Iterator[NetSpec]:
         for i, b in enumerate(bs):
             for f in ("norm", "act", "bn", "width", "variant"):
                 if getattr(b, f) != getattr(plain, f):
-                    yield replace(spec, **{name: bs[:i] + (replace(b, **{f: getattr(plain, f)}),) + bs[i + 1:]})
+                    yield replace(
+                        spec,
+                        **{name: bs[:i] + (replace(b, **{f: getattr(plain, f)}),) + bs[i + 1 :]},
+                    )
 
 
 def shrink(spec: NetSpec, key: tuple, failing: tuple[str, ...] = (), budget: int = 80) -> NetSpec:
     """Greedily simplify ``spec`` while it still fails with ``key`` (the joint removal is ``failing``
     while those candidates exist, else all candidates at once)."""
+
     def pick(ids: list[str]) -> list[str]:
-        same = [i for i in ids if i in failing]  # the failing set while its ids still exist, else all
+        same = [
+            i for i in ids if i in failing
+        ]  # the failing set while its ids still exist, else all
         return same if len(same) >= 2 else ids
 
     def fails(s: NetSpec) -> bool:
@@ -279,8 +368,12 @@ def shrink(spec: NetSpec, key: tuple, failing: tuple[str, ...] = (), budget: int
 
 
 # -- a run over many specs ----------------------------------------------------------------------------------
-def run(n: int, seed: int | None = None, on_outcome: Callable[[Outcome], None] | None = None,
-        input_writes: bool = True) -> list[Outcome]:
+def run(
+    n: int,
+    seed: int | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    input_writes: bool = True,
+) -> list[Outcome]:
     """Check ``n`` hypothesis-drawn specs (``derandomize`` unless ``seed`` is given); the outcomes.
     ``input_writes=False`` leaves out blocks writing into their own input (see ``writes_input``)."""
     from hypothesis import HealthCheck, Phase, given, settings
@@ -289,12 +382,20 @@ def run(n: int, seed: int | None = None, on_outcome: Callable[[Outcome], None] |
 
     outcomes: list[Outcome] = []
 
-    @settings(max_examples=n, derandomize=seed is None, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        derandomize=seed is None,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(spec=net_specs(input_writes=input_writes), data=st.data())
     def one(spec: NetSpec, data: Any) -> None:
         def pick(ids: list[str]) -> list[str]:
-            return data.draw(st.lists(st.sampled_from(ids), min_size=2, unique=True), label="joint removal")
+            return data.draw(
+                st.lists(st.sampled_from(ids), min_size=2, unique=True), label="joint removal"
+            )
 
         o = check_spec(spec, pick)
         outcomes.append(o)
@@ -310,9 +411,14 @@ def run(n: int, seed: int | None = None, on_outcome: Callable[[Outcome], None] |
 def totals(outcomes: list[Outcome]) -> dict[str, int]:
     """The summary row: examples, traced, candidates, self-check drops, rewrites, equal, and counts."""
     cats = ("crash", "refused", "wrong", "params", "modified", "invalid")
-    t = {"examples": len(outcomes), "traced": sum(o.traced for o in outcomes),
-         "candidates": sum(o.candidates for o in outcomes), "dropped": sum(o.dropped for o in outcomes),
-         "rewrites": sum(o.rewrites for o in outcomes), "equal": sum(o.equal for o in outcomes)}
+    t = {
+        "examples": len(outcomes),
+        "traced": sum(o.traced for o in outcomes),
+        "candidates": sum(o.candidates for o in outcomes),
+        "dropped": sum(o.dropped for o in outcomes),
+        "rewrites": sum(o.rewrites for o in outcomes),
+        "equal": sum(o.equal for o in outcomes),
+    }
     for c in cats:
         t[c] = sum(f.category == c for o in outcomes for f in o.failures)
     return t

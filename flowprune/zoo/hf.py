@@ -89,7 +89,9 @@ def _jitter_constant_params(model: nn.Module, std: float = 0.1) -> None:
             param.add_(torch.randn(param.shape, generator=gen) * std)
 
 
-def _build(model_cls: ModelClass, make_config: ConfigFactory, image_input: bool = False) -> nn.Module:
+def _build(
+    model_cls: ModelClass, make_config: ConfigFactory, image_input: bool = False
+) -> nn.Module:
     """Seeded construction from a fresh config, jitter, BatchNorm calibration for images, eval mode.
 
     The config is created per build because the model keeps (and pruning may edit) it.
@@ -120,11 +122,15 @@ def _vision_inputs() -> dict[str, Tensor]:
 
 
 def _llm(name: str, model_cls: ModelClass, config: ConfigFactory, note: str) -> ZooEntry:
-    return ZooEntry(name, partial(_build, model_cls, config), partial(_text_inputs, True), "llm", note)
+    return ZooEntry(
+        name, partial(_build, model_cls, config), partial(_text_inputs, True), "llm", note
+    )
 
 
 def _encoder(name: str, model_cls: ModelClass, config: ConfigFactory, note: str) -> ZooEntry:
-    return ZooEntry(name, partial(_build, model_cls, config), partial(_text_inputs, False), "encoder", note)
+    return ZooEntry(
+        name, partial(_build, model_cls, config), partial(_text_inputs, False), "encoder", note
+    )
 
 
 def _vision(name: str, model_cls: ModelClass, config: ConfigFactory, note: str) -> ZooEntry:
@@ -165,7 +171,9 @@ _ENTRIES = (
     _llm(
         "gemma2",
         Gemma2ForCausalLM,
-        partial(Gemma2Config, **_GQA, head_dim=8, query_pre_attn_scalar=8, attn_implementation="eager"),
+        partial(
+            Gemma2Config, **_GQA, head_dim=8, query_pre_attn_scalar=8, attn_implementation="eager"
+        ),
         "Gemma2, 2 layers (sliding/global), GQA 4q/2kv, sandwich norms, softcaps: 4 residual branches",
     ),
     _llm(
@@ -275,7 +283,9 @@ _ENTRIES = (
     _vision(
         "hf_resnet",
         ResNetModel,
-        partial(ResNetConfig, embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="basic"),
+        partial(
+            ResNetConfig, embedding_size=8, hidden_sizes=(8, 16), depths=(1, 1), layer_type="basic"
+        ),
         "HF ResNet, 7x7 stem + 2 stages x 1 basic block (8, 16 ch): 1 residual branch (stage 2 has a conv shortcut)",
     ),
     _vision(

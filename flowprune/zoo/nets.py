@@ -48,7 +48,12 @@ class MLPSkip(nn.Module):
     """MLP with a stack of residual blocks between an input projection and a head."""
 
     def __init__(
-        self, in_dim: int = 16, dim: int = 32, hidden: int = 64, depth: int = 3, num_classes: int = 10
+        self,
+        in_dim: int = 16,
+        dim: int = 32,
+        hidden: int = 64,
+        depth: int = 3,
+        num_classes: int = 10,
     ) -> None:
         super().__init__()
         self.fc_in = nn.Linear(in_dim, dim)
@@ -85,7 +90,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
-        self.downsample = _conv_bn(in_ch, out_ch, 1, stride) if stride != 1 or in_ch != out_ch else None
+        self.downsample = (
+            _conv_bn(in_ch, out_ch, 1, stride) if stride != 1 or in_ch != out_ch else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -110,7 +117,9 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _conv_bn(in_ch, out_ch, 1, stride) if stride != 1 or in_ch != out_ch else None
+        self.downsample = (
+            _conv_bn(in_ch, out_ch, 1, stride) if stride != 1 or in_ch != out_ch else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -162,8 +171,12 @@ class VGG(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            ConvBNReLU(3, 8), ConvBNReLU(8, 8), nn.MaxPool2d(2),
-            ConvBNReLU(8, 16), ConvBNReLU(16, 16), nn.MaxPool2d(2),
+            ConvBNReLU(3, 8),
+            ConvBNReLU(8, 8),
+            nn.MaxPool2d(2),
+            ConvBNReLU(8, 16),
+            ConvBNReLU(16, 16),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -199,7 +212,9 @@ class DenseBlock(nn.Module):
 
     def __init__(self, in_ch: int, num_layers: int, growth: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(DenseLayer(in_ch + i * growth, growth) for i in range(num_layers))
+        self.layers = nn.ModuleList(
+            DenseLayer(in_ch + i * growth, growth) for i in range(num_layers)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
@@ -219,7 +234,9 @@ class Transition(nn.Sequential):
 class DenseNet(nn.Module):
     """Two dense blocks of three layers (growth 4) joined by a transition."""
 
-    def __init__(self, stem: int = 8, growth: int = 4, num_layers: int = 3, num_classes: int = 10) -> None:
+    def __init__(
+        self, stem: int = 8, growth: int = 4, num_layers: int = 3, num_classes: int = 10
+    ) -> None:
         super().__init__()
         self.conv0 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
         self.block1 = DenseBlock(stem, num_layers, growth)
@@ -284,7 +301,9 @@ class MobileNetV2(nn.Module):
 class LSTMClassifier(nn.Module):
     """Embedding, residual single-layer LSTMs, mean pooling over time, linear head."""
 
-    def __init__(self, vocab: int = 100, dim: int = 16, depth: int = 2, num_classes: int = 4) -> None:
+    def __init__(
+        self, vocab: int = 100, dim: int = 16, depth: int = 2, num_classes: int = 4
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.lstms = nn.ModuleList(nn.LSTM(dim, dim, batch_first=True) for _ in range(depth))
@@ -308,7 +327,9 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -346,7 +367,12 @@ class ViT(nn.Module):
     """ViT for 32x32 images: conv patch embedding, cls token, learned positions, pre-norm blocks."""
 
     def __init__(
-        self, patch: int = 8, dim: int = 32, depth: int = 3, num_heads: int = 4, num_classes: int = 10
+        self,
+        patch: int = 8,
+        dim: int = 32,
+        depth: int = 3,
+        num_heads: int = 4,
+        num_classes: int = 10,
     ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
@@ -399,7 +425,9 @@ def calibrate_batchnorm(model: nn.Module, input_shape: tuple[int, ...], steps: i
     model.train(was_training)
 
 
-def _build(factory: Callable[[], nn.Module], input_shape: tuple[int, ...] | None = None) -> nn.Module:
+def _build(
+    factory: Callable[[], nn.Module], input_shape: tuple[int, ...] | None = None
+) -> nn.Module:
     """Seeded construction, init, BatchNorm calibration (for float inputs), eval mode."""
     torch.manual_seed(0)
     model = factory()
@@ -422,36 +450,55 @@ _IMAGE = (3, 32, 32)
 
 def _vision(name: str, factory: Callable[[], nn.Module], note: str) -> ZooEntry:
     """Entry for a 3x32x32 image classifier (BatchNorm calibrated on random images)."""
-    return ZooEntry(name, partial(_build, factory, _IMAGE), partial(_randn, 2, *_IMAGE), "vision", note)
+    return ZooEntry(
+        name, partial(_build, factory, _IMAGE), partial(_randn, 2, *_IMAGE), "vision", note
+    )
 
 
 _ENTRIES = (
     ZooEntry(
-        "mlp_skip", partial(_build, MLPSkip), partial(_randn, 2, 16), "vision",
+        "mlp_skip",
+        partial(_build, MLPSkip),
+        partial(_randn, 2, 16),
+        "vision",
         "MLP 16->32->10, 3 pre-norm residual blocks (hidden 64): 3 residual branches, hidden units",
     ),
     _vision(
-        "resnet_basic", partial(ResNet, BasicBlock, (8, 16)),
-        "ResNet, 2 stages x 2 BasicBlocks (8, 16 ch), shared in-place ReLU: 3 residual branches (the stride-2 block has a conv shortcut)",
+        "resnet_basic",
+        partial(ResNet, BasicBlock, (8, 16)),
+        "ResNet, 2 stages x 2 BasicBlocks (8, 16 ch), shared in-place ReLU: 3 residual branches "
+        "(the stride-2 block has a conv shortcut)",
     ),
     _vision(
-        "resnet_bottleneck", partial(ResNet, Bottleneck, (4, 8)),
+        "resnet_bottleneck",
+        partial(ResNet, Bottleneck, (4, 8)),
         "ResNet, 2 stages x 2 Bottlenecks (4->16, 8->32 ch): 2 residual branches (2 blocks have projection shortcuts)",
     ),
-    _vision("vgg_bn", VGG, "VGG 8,8,M,16,16,M + flatten MLP: 4 ConvBNReLU layers, channels, no skips"),
     _vision(
-        "densenet", DenseNet,
+        "vgg_bn", VGG, "VGG 8,8,M,16,16,M + flatten MLP: 4 ConvBNReLU layers, channels, no skips"
+    ),
+    _vision(
+        "densenet",
+        DenseNet,
         "DenseNet-BC, 2 dense blocks x 3 layers (growth 4) + transition: concat channels, bottleneck width",
     ),
     _vision(
-        "mobilenetv2", MobileNetV2,
+        "mobilenetv2",
+        MobileNetV2,
         "MobileNetV2, 5 inverted residuals (3 with skip): 3 residual branches, depthwise hidden channels",
     ),
     ZooEntry(
-        "lstm_classifier", partial(_build, LSTMClassifier), partial(_tokens, 100, 2, 12), "text",
+        "lstm_classifier",
+        partial(_build, LSTMClassifier),
+        partial(_tokens, 100, 2, 12),
+        "text",
         "Embedding(100,16), 2 residual LSTM(16) layers, mean-pool head: 2 residual branches, hidden units",
     ),
-    _vision("vit", ViT, "ViT 32x32/8, dim 32, 3 pre-norm blocks, 4 heads: 6 residual branches (attn, mlp)"),
+    _vision(
+        "vit",
+        ViT,
+        "ViT 32x32/8, dim 32, 3 pre-norm blocks, 4 heads: 6 residual branches (attn, mlp)",
+    ),
 )
 
 NETS: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}

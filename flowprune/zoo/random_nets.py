@@ -29,10 +29,38 @@ from torch import Tensor, nn
 ACTS = ("relu", "relu_inplace", "f_relu_", "gelu", "f_gelu", "tanh", "silu", "identity")
 NORMS = ("none", "pre", "post", "inner")
 # kind -> number of variants (Block.variant is taken modulo this)
-VARIANTS = {"res": 14, "parallel": 5, "dense": 6, "plain": 3, "proj": 2, "tuple": 7, "dict": 5, "shared": 4,
-            "again": 1, "alias": 14, "tied": 2, "glu": 2, "func": 2, "mha": 3, "rnn": 2}
-_COMMON = ("res", "parallel", "dense", "plain", "proj", "tuple", "dict", "shared", "again", "alias", "tied", "glu",
-           "func")
+VARIANTS = {
+    "res": 14,
+    "parallel": 5,
+    "dense": 6,
+    "plain": 3,
+    "proj": 2,
+    "tuple": 7,
+    "dict": 5,
+    "shared": 4,
+    "again": 1,
+    "alias": 14,
+    "tied": 2,
+    "glu": 2,
+    "func": 2,
+    "mha": 3,
+    "rnn": 2,
+}
+_COMMON = (
+    "res",
+    "parallel",
+    "dense",
+    "plain",
+    "proj",
+    "tuple",
+    "dict",
+    "shared",
+    "again",
+    "alias",
+    "tied",
+    "glu",
+    "func",
+)
 KINDS = {"img": _COMMON, "vec": _COMMON}
 KINDS["seq"] = KINDS["vec"] + ("mha", "rnn")
 
@@ -88,8 +116,13 @@ class Dom:
 
 
 def act_module(name: str) -> nn.Module:
-    return {"relu": nn.ReLU(), "relu_inplace": nn.ReLU(inplace=True), "gelu": nn.GELU(), "tanh": nn.Tanh(),
-            "silu": nn.SiLU()}.get(name, nn.Identity())
+    return {
+        "relu": nn.ReLU(),
+        "relu_inplace": nn.ReLU(inplace=True),
+        "gelu": nn.GELU(),
+        "tanh": nn.Tanh(),
+        "silu": nn.SiLU(),
+    }.get(name, nn.Identity())
 
 
 def apply_act(name: str, module: nn.Module, h: Tensor) -> Tensor:
@@ -104,7 +137,9 @@ def apply_act(name: str, module: nn.Module, h: Tensor) -> Tensor:
 class Unit(nn.Module):
     """The body of a branch: lin -> [norm] -> act -> lin [-> norm] (an MLP, or conv3x3-norm-act-conv1x1)."""
 
-    def __init__(self, dom: Dom, d_in: int, hidden: int, d_out: int, act: str, inner_norm: bool, bn: bool):
+    def __init__(
+        self, dom: Dom, d_in: int, hidden: int, d_out: int, act: str, inner_norm: bool, bn: bool
+    ):
         super().__init__()
         self.fc1 = dom.lin(d_in, hidden, k=3)
         self.n1 = dom.norm(hidden, bn) if dom.kind == "img" else nn.Identity()
@@ -245,7 +280,9 @@ class Dense(_Block):
         if v == 4:
             return torch.concat((x, self.f(h)), dim=dim)
         if v == 5:  # img: height, seq: tokens, vec: batch
-            return torch.cat([x, self.f(h)], 2 if self.dom == "img" else 1 if self.dom == "seq" else 0)
+            return torch.cat(
+                [x, self.f(h)], 2 if self.dom == "img" else 1 if self.dom == "seq" else 0
+            )
         return torch.cat([x, self.f(h)], dim)
 
 
@@ -390,7 +427,9 @@ class Shared(_Block):
             y = x + self.f(h)
             y = y + self.f(y)
         elif v == 1:
-            y = x + self.fc(apply_act(self.act_name, self.act, self.f(apply_act(self.act_name, self.act, h))))
+            y = x + self.fc(
+                apply_act(self.act_name, self.act, self.f(apply_act(self.act_name, self.act, h)))
+            )
         elif v == 2:
             y = x + self.fc(apply_act(self.act_name, self.act, self.fc(h)))
         else:
@@ -427,7 +466,11 @@ class Glu(_Block):
         if self.v == 1:
             self.f, self.se = self.unit(dom, d, b), dom.lin(d, d)
         else:
-            self.gate, self.up, self.down = dom.lin(d, b.width), dom.lin(d, b.width), dom.lin(b.width, d)
+            self.gate, self.up, self.down = (
+                dom.lin(d, b.width),
+                dom.lin(d, b.width),
+                dom.lin(b.width, d),
+            )
             self.act_name, self.act = b.act, act_module(b.act)
         self.post_norm(dom, d, b)
 
@@ -437,7 +480,9 @@ class Glu(_Block):
             # img: per-channel means broadcast over H, W; vec/seq: an element-wise gate of the same shape
             s = h.mean((2, 3), keepdim=True) if self.dom == "img" else torch.tanh(h)
             return self.finish(x + self.f(h) * torch.sigmoid(self.se(s)))
-        return self.finish(x + self.down(apply_act(self.act_name, self.act, self.gate(h)) * self.up(h)))
+        return self.finish(
+            x + self.down(apply_act(self.act_name, self.act, self.gate(h)) * self.up(h))
+        )
 
 
 class Func(_Block):
@@ -446,14 +491,18 @@ class Func(_Block):
 
     def __init__(self, dom: Dom, d: int, b: Block):
         super().__init__(dom, d, b)
-        self.w = nn.Parameter(torch.randn(d, d) / d ** 0.5)
+        self.w = nn.Parameter(torch.randn(d, d) / d**0.5)
         self.b = nn.Parameter(torch.randn(d) * 0.1)
         self.act_name, self.act = b.act, act_module(b.act)
         self.post_norm(dom, d, b)
 
     def forward(self, x: Tensor) -> Tensor:
         h = apply_act(self.act_name, self.act, self.h(x))
-        y = F.conv2d(h, self.w[:, :, None, None], self.b) if self.dom == "img" else F.linear(h, self.w, self.b)
+        y = (
+            F.conv2d(h, self.w[:, :, None, None], self.b)
+            if self.dom == "img"
+            else F.linear(h, self.w, self.b)
+        )
         return self.finish(y if self.v == 1 else x + y)
 
 
@@ -462,7 +511,9 @@ class Mha(_Block):
 
     def __init__(self, dom: Dom, d: int, b: Block):
         super().__init__(dom, d, b)
-        self.attn = nn.MultiheadAttention(d, 2 if self.v == 2 and d % 2 == 0 else 1, batch_first=True)
+        self.attn = nn.MultiheadAttention(
+            d, 2 if self.v == 2 and d % 2 == 0 else 1, batch_first=True
+        )
         self.post_norm(dom, d, b)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -483,8 +534,20 @@ class Rnn(_Block):
         return self.finish(x + self.rnn(self.h(x))[0])
 
 
-CLASSES = {"res": Res, "parallel": Parallel, "dense": Dense, "plain": Plain, "proj": Proj, "tuple": TupleRes,
-           "dict": DictRes, "shared": Shared, "glu": Glu, "func": Func, "mha": Mha, "rnn": Rnn}
+CLASSES = {
+    "res": Res,
+    "parallel": Parallel,
+    "dense": Dense,
+    "plain": Plain,
+    "proj": Proj,
+    "tuple": TupleRes,
+    "dict": DictRes,
+    "shared": Shared,
+    "glu": Glu,
+    "func": Func,
+    "mha": Mha,
+    "rnn": Rnn,
+}
 
 
 # -- the net -----------------------------------------------------------------------------------------------
@@ -509,20 +572,40 @@ class RandomNet(nn.Module):
             self._hold(name, mods, spec.container)
         self.head = nn.Linear(d, 3)
 
-    def _blocks(self, dom: Dom, specs: tuple[Block, ...], d: int, pool: dict) -> tuple[list[nn.Module], int]:
+    def _blocks(
+        self, dom: Dom, specs: tuple[Block, ...], d: int, pool: dict
+    ) -> tuple[list[nn.Module], int]:
         mods: list[nn.Module] = []
         for b in specs:
             kind = b.kind if b.kind in KINDS[dom.kind] else "res"
             if kind == "again":  # call the previous block again when it keeps the width
-                if mods and getattr(mods[-1], "d_out", None) == d and getattr(mods[-1], "d_in", None) == d:
+                if (
+                    mods
+                    and getattr(mods[-1], "d_out", None) == d
+                    and getattr(mods[-1], "d_in", None) == d
+                ):
                     mods.append(mods[-1])
                     continue
                 kind = "res"
-            if kind == "alias":  # a Res whose branch module is an earlier block's (held by two parents)
-                prev = next((m.f for m in reversed(mods) if isinstance(m, (Res, Parallel, Shared)) and m.d_in == d
-                             and not (isinstance(m, Res) and m.v == 12)), None)  # v12's f is one wider
+            if (
+                kind == "alias"
+            ):  # a Res whose branch module is an earlier block's (held by two parents)
+                prev = next(
+                    (
+                        m.f
+                        for m in reversed(mods)
+                        if isinstance(m, (Res, Parallel, Shared))
+                        and m.d_in == d
+                        and not (isinstance(m, Res) and m.v == 12)
+                    ),
+                    None,
+                )  # v12's f is one wider
                 v12 = b.variant % VARIANTS["res"] == 12  # would slice the borrowed d -> d branch
-                m = Res(dom, d, replace(b, kind="res", variant=0 if v12 and prev is not None else b.variant))
+                m = Res(
+                    dom,
+                    d,
+                    replace(b, kind="res", variant=0 if v12 and prev is not None else b.variant),
+                )
                 if prev is not None:
                     m.f = prev
                 m.d_in, m.kind = d, kind
@@ -582,7 +665,9 @@ def example_inputs(spec: NetSpec, extra: int = 0) -> Any:
     """The spec's input as ``spec.call`` says (``extra`` > 0: a bigger batch, longer sequences for "seq")."""
     gen = torch.Generator().manual_seed(spec.seed + 1 + extra)
     b = spec.batch + extra
-    shape = {"vec": (b, spec.dim), "seq": (b, 4 + extra, spec.dim), "img": (b, spec.dim, 5, 5)}[spec.input]
+    shape = {"vec": (b, spec.dim), "seq": (b, 4 + extra, spec.dim), "img": (b, spec.dim, 5, 5)}[
+        spec.input
+    ]
     x = torch.randn(shape, generator=gen, dtype=torch.float64 if spec.double else torch.float32)
     return {"tensor": x, "tuple": (x,), "dict": {"x": x, "scale": 0.5}}[spec.call]
 
