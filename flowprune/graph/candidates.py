@@ -103,8 +103,23 @@ def _same_structures(calls: list) -> bool:
 
 
 def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
+    """Every branch and layer candidate of ``graph``, in forward order, with the exact parameters and
+    FLOPs its removal saves."""
+    callable_once_or_each, index = _call_rules(graph)
+    branches = _branches(graph, callable_once_or_each, index)
+    effects = {cid: effect(graph, [c]) for cid, c in branches.items()}
+    cands = [
+        replace(c, params=effects[cid].params, flops=effects[cid].flops)
+        for cid, c in branches.items()
+    ]
+    regions = [r.path for e in effects.values() for r in e.replacements]
+    layers = _layers(graph, callable_once_or_each, index, regions)
+    order = {c.cid: i for i, c in enumerate(graph.calls)}
+    return sorted(cands + layers, key=lambda c: (order[c.cid], c.kind))
 
-    G = graph.nx
+
+def _call_rules(graph: "FlowGraph"):
+    """(whether a call may be a candidate, the call index a per-call candidate carries or None)."""
     ncalls = _module_calls(graph)
     # what flowprune already put in (stubs of an earlier plan) is never offered for removal again
     stubs = [n for n, m in graph.model.named_modules() if is_stub(m)]
@@ -126,6 +141,13 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
     def index(rec) -> int | None:
         return rec.k if ncalls[rec.path] > 1 else None
 
+    return callable_once_or_each, index
+
+
+def _branches(graph: "FlowGraph", callable_once_or_each, index) -> dict[int, "Candidate"]:
+    """Branch candidates by call index: a merge term that is one module call's output, consumed only
+    by that merge, with another term among its ancestors."""
+    G = graph.nx
     by_vid = {m.vid: m for m in graph.merges}
     anc_cache: dict[str, set] = {}
 
@@ -175,13 +197,14 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
                 call=index(rec),
                 span=(rec.start, rec.end),
             )
-    effects = {cid: effect(graph, [c]) for cid, c in branches.items()}
-    cands = [
-        replace(c, params=effects[cid].params, flops=effects[cid].flops)
-        for cid, c in branches.items()
-    ]
-    regions = [r.path for e in effects.values() for r in e.replacements]
+    return branches
 
+
+def _layers(
+    graph: "FlowGraph", callable_once_or_each, index, regions: list[str]
+) -> list["Candidate"]:
+    """Layer candidates: shape-preserving calls with parameters, residual or in a container, outside
+    every branch's removal region and not a lone normalisation."""
     modules = dict(graph.model.named_modules())
     parents = {
         name: modules[name.rsplit(".", 1)[0] if "." in name else ""] for name in modules if name
@@ -241,5 +264,4 @@ def find_candidates(graph: "FlowGraph") -> list["Candidate"]:
         )
         e = effect(graph, [c])
         layers.append(replace(c, params=e.params, flops=e.flops))
-    order = {c.cid: i for i, c in enumerate(graph.calls)}
-    return sorted(cands + layers, key=lambda c: (order[c.cid], c.kind))
+    return layers
