@@ -73,9 +73,8 @@ def _taylor_columns(eng: "Engine", name: str, g: torch.Tensor, H: torch.Tensor |
     for k, c in enumerate(eng.candidates):
         cols[c.id] = {"taylor1": float(-g[k])}
         if H is not None:
-            cols[c.id][name] = float(
-                -g[k] + 0.5 * H[k, k]
-            )  # −g_c + ½H_cc: the removal's prediction
+            # −g_c + ½H_cc: the removal's prediction
+            cols[c.id][name] = float(-g[k] + 0.5 * H[k, k])
     return Result(cols, g, H)
 
 

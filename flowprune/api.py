@@ -148,8 +148,8 @@ def _run_analyses(
     todo = [a for a in ORDER if a in criteria] + [a for a in criteria if a not in ORDER]
     if "flow" in todo:
         run("flow")
-    eng.check_finite()  # NaN/inf in an output or loss: an error naming the batch, before any score
-    ctx.base_loss = eng.loss()
+    # the base loss from the references (no second pass); NaN/inf: an error naming the batch
+    ctx.base_loss = eng.check_finite()
     for name in todo:
         if name != "flow":
             run(name)

@@ -60,10 +60,10 @@ class Gates:
         self.failed: dict[str, str] = {}
         self._handles: dict[str, object] = {}
         self._counts: dict[nn.Module, int] = {}  # per-call gating: calls so far in this forward
-        self._open: dict[
-            nn.Module, list[int]
-        ] = {}  # indices of the calls running now (re-entrance)
-        self._inner: dict[int, dict[nn.Module, int]] = {}
+        # indices of the calls running now (re-entrance)
+        self._open: dict[nn.Module, list[int]] = {}
+        # per-call layer gates: module -> {call: candidate index}
+        self._keep_at: dict[nn.Module, dict[int, int]] = {}
         # layer gates: the block input as it was when the call started, per candidate (a stack: calls
         # may nest); a block may write into its input (x += f(x)), and x + α(f(x) − x) needs the original
         self._saved: dict[int, list] = {}
@@ -103,9 +103,7 @@ class Gates:
 
     def _install_all(self) -> None:
         shared: dict[nn.Module, dict[int, Callable]] = {}
-        self._keep_at: dict[
-            nn.Module, dict[int, int]
-        ] = {}  # per-call layer gates: call -> candidate
+        self._keep_at = {}
         for i, c in enumerate(self.candidates):
             module = self._modules[c.path]
             if c.call is None:
@@ -123,7 +121,6 @@ class Gates:
         paths = {m: p for p, m in self._modules.items()}
         self._counts = {m: 0 for m in shared}
         self._open = {m: [] for m in shared}
-        self._inner = {}
         for m, fns in shared.items():
             n = len(self.graph.calls_of(paths[m]))
             self._handles[f"@count:{paths[m]}"] = m.register_forward_pre_hook(
@@ -176,15 +173,10 @@ class Gates:
         per-call counts move past them (the next call of a shared module keeps its traced index)."""
         if not self._counts:
             return
-        if cid not in self._inner:
-            inner: dict[nn.Module, int] = {}
-            for x in self.graph.subtree(cid) - {cid}:
-                m = self._modules.get(self.graph.call(x).path)
-                if m in self._counts:
-                    inner[m] = inner.get(m, 0) + 1
-            self._inner[cid] = inner
-        for m, n in self._inner[cid].items():
-            self._counts[m] += n
+        for path, n in self.graph.inner_calls(cid).items():
+            m = self._modules.get(path)
+            if m in self._counts:
+                self._counts[m] += n
 
     def _hook(self, i: int, c: Candidate):
         def branch(module, args, kwargs, output):

@@ -17,7 +17,6 @@ import torch
 
 from ._runtime import call_model, eval_mode
 from .analyses import MATRIX_PREFERENCE
-from .data import as_batches
 from .errors import InputError
 from .latency import latency
 from .plan import Plan
@@ -157,7 +156,7 @@ class Planner:
 
     def rewrite(self, plan: Plan) -> torch.nn.Module:
         """``plan`` applied to a copy of the analysed model (fills fitted on the calibration data)."""
-        return apply(self.model, plan, data=as_batches(self.batches))
+        return apply(self.model, plan, data=self.batches)
 
     # -- curves ----------------------------------------------------------------------------------------
     def loss_curves(

@@ -165,9 +165,8 @@ def max_removals(cands: list["Candidate"]) -> int:
     """The most candidates one plan can remove: those with no other candidate inside them (a layer
     and a branch inside it exclude each other; nesting is a forest, whose leaves are its largest
     antichain)."""
-    uniq = list(
-        {(c.path, c.call): c for c in cands}.values()
-    )  # per-call: each call of a shared module
+    # per-call candidates: each call of a shared module counts
+    uniq = list({(c.path, c.call): c for c in cands}.values())
     return sum(1 for c in uniq if not any(d is not c and encloses(c, d) for d in uniq))
 
 

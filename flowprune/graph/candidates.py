@@ -57,13 +57,11 @@ class Candidate:
     operand: int | None = None  # branch: position of the branch output among that merge's operands
     out_index: int = 0  # which tensor of the module's output is gated
     deletable: bool = False  # layer: can be deleted from a Hugging Face layer stack
-    cid: int = field(
-        default=-1, repr=False, compare=False
-    )  # index of the gated call in graph.calls
+    # index of the gated call in graph.calls
+    cid: int = field(default=-1, repr=False, compare=False)
     call: int | None = None  # the gated call of a module called several times (None: called once)
-    span: tuple[int, int] | None = field(
-        default=None, repr=False, compare=False
-    )  # (start, end) of that call
+    # (start, end) of that call
+    span: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
 
 def call_id(path: str, kind: str, call: int | None = None) -> str:

@@ -72,6 +72,18 @@ class FlowGraph:
             cache[cid] = out
         return cache[cid]
 
+    def inner_calls(self, cid: int) -> dict[str, int]:
+        """{module path: number of calls made while call ``cid`` ran} (not counting ``cid``; cached):
+        what replaying a recording of ``cid`` skips."""
+        cache = self.__dict__.setdefault("_inner_calls", {})
+        if cid not in cache:
+            inner: dict[str, int] = {}
+            for x in self.subtree(cid) - {cid}:
+                path = self.calls[x].path
+                inner[path] = inner.get(path, 0) + 1
+            cache[cid] = inner
+        return cache[cid]
+
     def aliases(self, path: str) -> list[str]:
         """Every path of the module object at ``path`` (``path`` first): a list that holds one module twice
         (``nn.ModuleList([blk, blk])``) gives ``["layers.0", "layers.1"]``; submodules likewise."""

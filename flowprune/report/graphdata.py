@@ -21,9 +21,8 @@ def graph_data(
     G = graph.nx
     vflow = (graph_flow or {}).get("vertices", {})
     eflow = (graph_flow or {}).get("edges", {})
-    owner: dict[
-        str, tuple[tuple[int, int], str]
-    ] = {}  # vertex -> ((branch first, size), candidate id)
+    # vertex -> ((branch first, size), candidate id)
+    owner: dict[str, tuple[tuple[int, int], str]] = {}
     for c in cands:
         reps = graph.effect([c.id]).replacements
         paths = [r.path for r in reps if r.calls is None or r.every_call]

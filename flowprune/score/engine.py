@@ -160,10 +160,12 @@ class Engine:
             a[idx[cand_id]] = 0.0
         return a
 
-    def check_finite(self) -> None:
-        """InputError naming the first calibration batch whose original output or loss is NaN/inf:
-        nothing may be scored, planned or fitted on it."""
+    def check_finite(self) -> float:
+        """The calibration loss of the original model (every α = 1), computed from the recorded
+        references without another pass; InputError naming the first batch whose original output or
+        loss is NaN/inf: nothing may be scored, planned or fitted on it."""
         self.references()
+        losses = []
         for i, ref in enumerate(self.refs):
             bad = [
                 t
@@ -182,6 +184,8 @@ class Engine:
                     f"the calibration loss of batch {i} is {float(v)} before any removal: check the "
                     f"batch's labels/inputs and the loss function"
                 )
+            losses.append(v)
+        return self.mean(losses)
 
     def loss(self, removed: Sequence[str] = ()) -> float:
         """Calibration loss with ``removed`` candidates gated off (full forward, no replay)."""
@@ -200,17 +204,6 @@ class Engine:
             path, _, k = key.rpartition("#")
             out.setdefault(path, set()).add(int(k))
         return out
-
-    def _inner_calls(self, cid: int, paths: Iterable[str]) -> dict[str, int]:
-        """{path: calls made inside traced call ``cid``} for ``paths`` (cached)."""
-        cache = self.__dict__.setdefault("_inner_cache", {})
-        if cid not in cache:
-            inner: dict[str, int] = {}
-            for x in self.graph.subtree(cid) - {cid}:
-                path = self.graph.call(x).path
-                inner[path] = inner.get(path, 0) + 1
-            cache[cid] = inner
-        return {p: n for p, n in cache[cid].items() if p in paths}
 
     @contextmanager
     def recording(self, keys: Iterable[str]) -> Iterator[dict]:
@@ -290,8 +283,9 @@ class Engine:
                 key = call_key(p, j)
                 if key not in active:
                     return run(*a, **kw)
-                for q, n in self._inner_calls(cids[key], counts).items():
-                    counts[q] += n
+                for q, n in self.graph.inner_calls(cids[key]).items():
+                    if q in counts:
+                        counts[q] += n
                 self.gates.skipped(cids[key])
                 return _shallow(store[key])
 
