@@ -24,7 +24,7 @@ from .errors import PlanError
 if TYPE_CHECKING:
     from .graph import FlowGraph
 
-PLAN_SCHEMA = 1  # the plan JSON's own version (a report has REPORT_SCHEMA)
+PLAN_SCHEMA = 2  # the plan JSON's own version (a report has REPORT_SCHEMA); 2: channel slices
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -78,6 +78,37 @@ class Removal:
 
 
 @dataclass(frozen=True)
+class Slice:
+    """Keep only ``keep`` (indices along ``dim``) of parameter or buffer ``param`` (a state_dict name).
+
+    >>> Slice("fc1.weight", 0, (0, 2, 3))
+    """
+
+    param: str
+    dim: int
+    keep: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Attr:
+    """Set ``module.attr = value`` after slicing (head counts of an attention module, ...)."""
+
+    module: str
+    attr: str
+    value: int
+
+
+@dataclass(frozen=True)
+class Units:
+    """Units removed from one channel group (``units``: their indices in the group)."""
+
+    group: str
+    kind: str
+    units: tuple[int, ...]
+    of: int  # the group's unit count before
+
+
+@dataclass(frozen=True)
 class Plan:
     """What to remove from which model.  Build with ``graph.plan(ids)``; apply with ``flowprune.apply``.
 
@@ -96,6 +127,10 @@ class Plan:
     flops_removed: int
     version: str = __version__
     schema: int = PLAN_SCHEMA
+    # channel groups: removed units, and the slices and attribute values that remove them
+    units: tuple[Units, ...] = ()
+    slices: tuple[Slice, ...] = ()
+    attrs: tuple[Attr, ...] = ()
 
     @classmethod
     def from_graph(cls, graph: "FlowGraph", ids: Sequence[str], fill: str = "zeros") -> "Plan":
@@ -162,17 +197,26 @@ class Plan:
             d = dict(d)
             d["removals"] = tuple(Removal(**r) for r in d["removals"])
             d["replacements"] = tuple(Replacement(**r) for r in d["replacements"])
+            d["units"] = tuple(
+                Units(**{**u, "units": tuple(u["units"])}) for u in d.get("units", ())
+            )
+            d["slices"] = tuple(
+                Slice(**{**x, "keep": tuple(x["keep"])}) for x in d.get("slices", ())
+            )
+            d["attrs"] = tuple(Attr(**a) for a in d.get("attrs", ()))
             return cls(**d)
         except (KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"not a flowprune plan: {e}") from e
 
     def __str__(self) -> str:
         lines = [
-            f"Plan for {self.model_class} ({self.fingerprint}): {len(self.removals)} removals, "
-            f"{signed(self.params_removed)} of {self.params_before:,} params, "
+            f"Plan for {self.model_class} ({self.fingerprint}): {len(self.removals)} removals"
+            + (f", {sum(len(u.units) for u in self.units)} units" if self.units else "")
+            + f", {signed(self.params_removed)} of {self.params_before:,} params, "
             f"{signed(self.flops_removed, self.flops_before)} FLOPs"
         ]
         lines += [f"  - {r.id}  ({r.params:,} params)" for r in self.removals]
+        lines += [f"  - {u.group}: {len(u.units)} of {u.of} {u.kind}" for u in self.units]
         return "\n".join(lines)
 
 

@@ -620,9 +620,19 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
         raise PlanError(
             f"{d}/config.json names no known architecture ({archs}): load it with its model class"
         )
+    plans = [Plan.from_json(json.dumps(p)) for p in manifest["plans"]]
+    sliced = any(p.slices for p in plans)
     try:
         with _quiet_transformers():  # the report is checked below (_check_loaded), not printed
-            model, info = cls.from_pretrained(d, **{**kwargs, "output_loading_info": True})
+            model, info = cls.from_pretrained(
+                d,
+                **{
+                    **kwargs,
+                    "output_loading_info": True,
+                    # widths the config cannot express (per-layer) are built full, then sliced below
+                    **({"ignore_mismatched_sizes": True} if sliced else {}),
+                },
+            )
     except RuntimeError as e:
         if "mismatched" not in str(e):
             raise
@@ -631,7 +641,8 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
             "does not fit the saved weights (tensor shapes differ from what it "
             "describes; was it edited?)",
         ) from e
-    plans = [Plan.from_json(json.dumps(p)) for p in manifest["plans"]]
+    if sliced:
+        info = _replay_slices(model, plans, info, manifest, d)
     for k, plan in enumerate(plans):
         later = [_deletions(p) for p in plans[k:]]
         modules = dict(model.named_modules())
@@ -665,6 +676,51 @@ def load_pretrained(directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
     _check_loaded(model, info, set(state), manifest, d)
     model.flowprune_plans = plans
     return model.eval()
+
+
+def _replay_slices(
+    model: nn.Module, plans: list[Plan], info: dict, manifest: dict, d: Path
+) -> dict:
+    """Slice what the config could not describe (widths that differ per layer), then load the saved
+    tensors transformers skipped for their shape; returns the loading info without them."""
+    from safetensors import safe_open
+
+    from .channels import slice_
+
+    def where(path: str | None, later: list) -> str | None:
+        for dels in later:
+            path = _map_path(path, dels) if path is not None else None
+        return path
+
+    state = model.state_dict(keep_vars=True)
+    for k, plan in enumerate(plans):
+        later = [_deletions(p) for p in plans[k:]]  # a plan slices before it deletes layers
+        todo = []
+        for s in plan.slices:
+            module, _, leaf = s.param.rpartition(".")
+            path = where(module, later)
+            name = f"{path}.{leaf}" if path else leaf
+            if path is None or name not in state:
+                continue
+            if state[name].shape[s.dim] != len(s.keep):  # the config built it full: slice it
+                todo.append((name, s.dim, s.keep))
+        if todo:
+            attrs = [(where(a.module, later), a.attr, a.value) for a in plan.attrs]
+            slice_(model, todo, [a for a in attrs if a[0] is not None])
+            state = model.state_dict(keep_vars=True)
+    wrong = {str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or []}
+    by_file: dict[str, list[str]] = {}
+    for name in wrong:
+        entry = manifest["tensors"].get(name)
+        if entry is None:
+            raise _fail(d, f"holds no tensor {name} that the model needs")
+        by_file.setdefault(entry["file"], []).append(name)
+    loaded = {}
+    for file, names in by_file.items():
+        with safe_open(str(d / file), "pt") as sf:
+            loaded.update({n: sf.get_tensor(n) for n in names})
+    model.load_state_dict(loaded, strict=False)
+    return {**info, "mismatched_keys": []}
 
 
 def _stub_state(model: nn.Module) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import torch
 from support import Stack
 
 import flowprune
-from flowprune.plan import Replacement
+from flowprune.plan import PLAN_SCHEMA, Replacement
 
 X = torch.randn(3, 4)
 
@@ -29,7 +29,7 @@ def test_json_round_trip_and_atomic_write(tmp_path):
     assert flowprune.Plan.from_json(path) == plan
     assert os.listdir(path.parent) == ["plan.json"]  # no temporary file left behind
     d = json.loads(path.read_text())
-    assert d["version"] == flowprune.__version__ and d["schema"] == 1
+    assert d["version"] == flowprune.__version__ and d["schema"] == PLAN_SCHEMA == 2
     assert [r["path"] for r in d["removals"]] == ["blocks.0.mlp", "blocks.2"]
 
 

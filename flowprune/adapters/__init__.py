@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from .layers import layer_stacks, num_layers, renumber, sync_config
 from .modules import cache_slot, fill_cache_slot, is_norm, is_stub, kv_cache, scoring_kwargs
-from .table import ADAPTERS, GENERIC, Adapter, adapter_for, derive
+from .table import ADAPTERS, GENERIC, HEAD_ATTRS, Adapter, adapter_for, derive
 
 __all__ = [
     "ADAPTERS",
     "GENERIC",
+    "HEAD_ATTRS",
     "Adapter",
     "adapter_for",
     "derive",

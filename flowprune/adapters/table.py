@@ -18,6 +18,15 @@ from torch import nn
 _LLM_NORM = "RMSNorm"  # the decoder families below name theirs <Family>RMSNorm
 
 
+# Attributes attention modules keep their head counts and total head width in (any family): after
+# removing heads they are scaled by kept/total heads.  ``head_dim`` is not here: heads keep their size.
+HEAD_ATTRS: tuple[str, ...] = (
+    "num_heads", "num_attention_heads", "num_key_value_heads", "num_kv_heads", "n_head", "n_heads",
+    "n_kv_heads", "n_kv_head", "all_head_size", "inner_dim", "split_size", "embed_dim", "kv_heads",
+    "num_key_value_heads_per_layer", "heads",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Adapter:
     """What flowprune knows of one model family; each ``str`` field is a config key (None: absent).

@@ -13,6 +13,9 @@ from .recorder import CallRecord, MergeRecord, Recorder
 from .removal import Effect, effect, encloses, within  # noqa: F401  (encloses: re-exported)
 
 if TYPE_CHECKING:
+    from typing import Mapping
+
+    from ..channels import Groups
     from ..plan import Plan
 
 
@@ -171,11 +174,43 @@ class FlowGraph:
         """Replacements, parameters and FLOPs saved by removing the candidates ``ids`` together."""
         return effect(self, [self.candidate(i) for i in ids], fill)
 
-    def plan(self, ids: Iterable[str], fill: str = "zeros") -> "Plan":
+    def channel_groups(self, residual: bool = False, check: bool = True) -> "Groups":
+        """The model's channel groups (filters, neurons, heads; ``flowprune.channels``), found by one
+        extra forward on the graph's example inputs and checked (masked == sliced); cached.
+
+        >>> [(g.id, g.kind, g.units) for g in graph.channel_groups().prunable()]
+        [('layers.0.self_attn.q_proj:heads', 'heads', 2), ('layers.0.mlp.gate_proj:channels', ...)]
+        """
+        from ..channels import channel_groups
+
+        key = (residual, check)
+        cache = self.__dict__.setdefault("_channel_groups", {})
+        if key not in cache:
+            cache[key] = channel_groups(self.model, self.example_inputs, residual, check)
+        return cache[key]
+
+    def plan(
+        self,
+        ids: Iterable[str] = (),
+        fill: str = "zeros",
+        units: "Mapping[str, Iterable[int]] | None" = None,
+    ) -> "Plan":
         """A Plan removing the candidates ``ids`` (see ``flowprune.apply``); removed branches are
-        replaced by zeros, or with ``fill="mean"``/``"linear"`` by a compensation fitted at apply time."""
+        replaced by zeros, or with ``fill="mean"``/``"linear"`` by a compensation fitted at apply time.
+        ``units={group id: [unit, ...]}`` slices units out of channel groups (``channel_groups()``).
+
+        >>> graph.plan(units={"layers.0.mlp.gate_proj:channels": [0, 5, 9]})
+        """
         from ..errors import InputError, PlanError
         from ..plan import Plan, fingerprint
+
+        if units is not None:
+            if fingerprint(self.model) != self.fingerprint:
+                raise PlanError(
+                    "the model changed since this graph was traced: trace it again and plan from "
+                    "the new graph"
+                )
+            return _unit_plan(self, list(ids), units, fill)
 
         if isinstance(ids, str):
             raise InputError(
@@ -206,3 +241,82 @@ class FlowGraph:
             f"FlowGraph({type(self.model).__name__}: {self.nx.number_of_nodes()} vertices, "
             f"{self.nx.number_of_edges()} edges, {len(self.candidates())} candidates)"
         )
+
+
+def _unit_plan(
+    graph: FlowGraph, ids: list[str], removed: "Mapping[str, Iterable[int]]", fill: str
+) -> "Plan":
+    """A Plan removing candidates ``ids`` and slicing ``removed = {group id: [unit, ...]}`` out of
+    the graph's channel groups.  A group losing every unit is its branch's removal (layer collapse):
+    the branch candidate whose module is the group's."""
+    from dataclasses import replace
+
+    from ..channels import slices_for
+    from ..errors import PlanError
+    from ..plan import Attr, Plan, Slice, Units
+
+    groups = graph.channel_groups()
+    if not isinstance(removed, dict):
+        raise PlanError(
+            f"units must be a dict {{group id: [unit, ...]}}, got {type(removed).__name__}"
+        )
+    clean: dict[str, list[int]] = {}
+    ids = list(ids)
+    for gid, us in removed.items():
+        if gid not in {g.id for g in groups}:
+            why = groups.failed.get(gid)
+            raise PlanError(
+                f"no prunable channel group {gid!r}"
+                + (f" (dropped by the check: {why})" if why else "; see graph.channel_groups()")
+            )
+        g = groups[gid]
+        if not g.prunable:
+            raise PlanError(f"channel group {gid} cannot be pruned: {g.reason}")
+        us = sorted({int(u) for u in us})
+        bad = [u for u in us if not 0 <= u < g.units]
+        if bad:
+            raise PlanError(f"{gid} has units 0..{g.units - 1}; got {bad[:5]}")
+        if len(us) == g.units:
+            branch = [c.id for c in graph.candidates("branch") if c.path == g.module]
+            if not branch:
+                raise PlanError(
+                    f"removing all {g.units} units of {gid} would leave a zero-width layer and "
+                    f"{g.module or 'its module'} is not a removable branch: keep at least one unit"
+                )
+            ids += [b for b in branch if b not in ids]
+        elif us:
+            clean[gid] = us
+    base = Plan.from_graph(graph, ids, fill) if ids else None
+    # units inside a removed candidate go with it
+    gone = [graph.candidate(i).path for i in ids]
+    clean = {
+        gid: us
+        for gid, us in clean.items()
+        if not any(within(m.param.rsplit(".", 1)[0], p) for p in gone for m in groups[gid].members)
+    }
+    slices, attrs = slices_for(graph.model, list(groups), clean)
+    params, macs = groups.savings(clean)
+    plan = Plan(
+        removals=(),
+        replacements=(),
+        fingerprint=graph.fingerprint,
+        model_class=type(graph.model).__name__,
+        params_before=graph.total_params,
+        params_removed=params,
+        flops_before=graph.total_flops,
+        flops_removed=2 * macs,
+        units=tuple(
+            Units(gid, groups[gid].kind, tuple(us), groups[gid].units) for gid, us in clean.items()
+        ),
+        slices=tuple(Slice(n, d, tuple(k)) for n, d, k in slices),
+        attrs=tuple(Attr(m, a, v) for m, a, v in attrs),
+    )
+    if base is None:
+        return plan
+    return replace(
+        plan,
+        removals=base.removals,
+        replacements=base.replacements,
+        params_removed=plan.params_removed + base.params_removed,
+        flops_removed=plan.flops_removed + base.flops_removed,
+    )

@@ -18,6 +18,7 @@ from .calls import install_call_reset, install_skip, positions
 from .fill import fit_fills
 from .shadow import shadow_of
 from .stubs import Removed
+from .widths import apply_slices_, check_slices
 
 
 def _resolve(model: nn.Module, path: str, modules: dict[str, nn.Module]) -> tuple[nn.Module, str]:
@@ -55,6 +56,7 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
     modules = dict(model.named_modules())
     targets = [(r, *_resolve(model, r.path, modules)) for r in plan.replacements]
     _check_data(plan, data)
+    check_slices(model, plan)
     deletions: dict[str, list[int]] = {}
     for rep, parent, name in targets:
         if rep.mode == "delete":
@@ -86,7 +88,9 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
     ]
     # a shared module that keeps some calls stays, and skips the others itself (see calls.py)
     skips = [(getattr(parent, name), rep) for rep, parent, name in targets if _skips(rep)]
-    # 2. commit: stubs in (undone if anything fails), then layer deletions with the config kept in sync
+    # 2. commit: channel slices (validated above), stubs in (undone if anything fails), then layer
+    # deletions with the config kept in sync
+    apply_slices_(model, plan)
     _swap_in(swaps, skips)
     for stack_path, idx in deletions.items():
         stack = modules[stack_path]
