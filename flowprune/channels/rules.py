@@ -15,13 +15,14 @@ An op with no rule that meets a tracked atom marks it unusable, naming the op: n
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from .._tree import tensor_leaves
-from .trace import UNTRACKED, ChannelTrace
+from .trace import UNTRACKED, ChannelTrace, atoms_in, compact, shrink
 
 Rule = Callable[[ChannelTrace, str, Any, tuple, dict, Any], None]
 
@@ -139,19 +140,20 @@ def elementwise(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict
     if not isinstance(out, Tensor):
         return
     labs = [lab for x in _flat(args, kwargs) if (lab := t.lab(x)) is not None]
+    if not labs:
+        return
     try:
-        labs = [torch.broadcast_to(lab, out.shape) for lab in labs]
+        # one position along the dims where every label is constant (batch, sequence)
+        labs = shrink(*[torch.broadcast_to(lab, out.shape) for lab in labs])
     except RuntimeError:
         return _unknown(t, f"{name} (broadcast not understood)", args, kwargs, out)
     acts = [torch.where(lab >= 0, lab, UNTRACKED) for lab in labs]
-    o = torch.stack(acts).amax(0) if acts else None
-    if o is None:
-        return
+    o = torch.stack(acts).amax(0)
     for a in acts:
         t.unify(a, o)
     for lab in labs:
         t.align(lab, o)
-    t.set(out, o)
+    t.set(out, o.expand(out.shape))
 
 
 def _dims(x: Tensor, dim: Any) -> tuple[int, ...]:
@@ -164,6 +166,10 @@ def _dims(x: Tensor, dim: Any) -> tuple[int, ...]:
 
 def join_over(t: ChannelTrace, lab: Tensor, dims: tuple[int, ...]) -> Tensor:
     """Join every atom of each slice along ``dims``; the slice's atom, keepdim shape."""
+    lab = compact(lab)
+    for d in range(lab.dim()):  # constant along d: one position stands for all
+        if lab.shape[d] > 1 and lab.stride(d) == 0:
+            lab = lab.narrow(d, 0, 1)
     acts = torch.where(lab >= 0, lab, UNTRACKED)
     if not dims or lab.dim() == 0:
         return acts
@@ -334,15 +340,23 @@ def pair_labels(t: ChannelTrace, LA: Tensor, LB: Tensor, K: int) -> Tensor:
     """Labels of A @ B from A's [..., M, K] and B's [..., K, N] labels, joining what meets."""
     rA = join_over(t, LA, (LA.dim() - 1,))  # [..., M, 1]
     rB = join_over(t, LB, (LB.dim() - 2,))  # [..., 1, N]
-    a, b = torch.broadcast_tensors(rA, rB)
-    t.unify(a, b)
+    # every (row m, column n) pair meets in the output: per batch slice, all tracked rows and
+    # columns are one unit; joined through each side's representative, O(M + N) not O(M N)
+    ra = rA.amax(-2, keepdim=True)  # [..., 1, 1]
+    rb = rB.amax(-1, keepdim=True)
+    t.unify(rA, torch.where(rA >= 0, rb, UNTRACKED))
+    t.unify(rB, torch.where(rB >= 0, ra, UNTRACKED))
+    t.unify(ra, rb)
+    full = torch.broadcast_shapes(LA.shape[:-1] + (1,), LB.shape[:-2] + (1, LB.shape[-1]))
+    a, b = shrink(compact(rA.expand(full)), compact(rB.expand(full)))
     o = torch.where(a >= 0, a, b)
     tracked = o[o >= 0]
     if tracked.numel():
-        atoms, counts = torch.unique(tracked, return_counts=True)
+        counts = torch.bincount(tracked) * (math.prod(full) // o.numel())
+        atoms = counts.nonzero().flatten()
         t.heads.update(atoms.tolist())
-        t.pair_ops.append((atoms, counts * K))
-    return o
+        t.pair_ops.append((atoms, counts[atoms] * K))
+    return o.expand(full)
 
 
 def pair(t: ChannelTrace, A: Tensor, B: Tensor, out: Any, name: str = "matmul") -> None:
@@ -461,7 +475,7 @@ def layer_norm(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict,
         b = None
     if t.residual:  # per channel; the statistics change when one goes (groups marked inexact)
         o = torch.where(lab >= 0, lab, UNTRACKED)
-        t.normed.update(o[o >= 0].unique().tolist())
+        t.normed.update(atoms_in(o).tolist())
     else:
         o = join_over(t, lab, tuple(range(x.dim() - k, x.dim()))).expand(x.shape)
     t.set(out, o)
@@ -476,7 +490,7 @@ def group_norm(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict,
     if lab is None:
         return
     G = _arg(args, kwargs, 1, "num_groups")
-    grouped = lab.view(lab.shape[0], G, -1)
+    grouped = lab.reshape(lab.shape[0], G, -1)
     r = join_over(t, grouped, (2,)).expand(grouped.shape).reshape(lab.shape)
     t.set(out, r)
     _channel_params(t, out, 1, _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias"))
@@ -610,7 +624,7 @@ def norm_module(t: ChannelTrace, path: str, m: nn.Module, args: tuple, output: A
     if lab is None or not isinstance(output, Tensor):
         return
     o = torch.where(lab >= 0, lab, UNTRACKED)
-    t.normed.update(o[o >= 0].unique().tolist())
+    t.normed.update(atoms_in(o).tolist())
     t.set(output, o)
     for p in m.parameters(recurse=False):
         if (plab := t.lab(p)) is not None and plab.dim() == 1 and plab.numel() == o.shape[-1]:

@@ -38,6 +38,45 @@ def _name(func: Any) -> str:
     return name
 
 
+def compact(lab: Tensor) -> Tensor:
+    """``lab`` with every dim along which it is constant stored once (stride 0): labels rarely vary
+    along batch or sequence dims, and the rules then touch one position instead of all."""
+    out = lab
+    for d in range(lab.dim()):
+        if out.shape[d] > 1 and out.stride(d) != 0:
+            first = out.narrow(d, 0, 1)
+            if bool((out == first).all()):
+                out = first.expand(out.shape)
+    return out
+
+
+def atoms_in(lab: Tensor) -> Tensor:
+    """The distinct atoms (>= 0) of a label tensor, reading each constant dim once."""
+    lab = compact(lab)
+    for d in range(lab.dim()):
+        if lab.shape[d] > 1 and lab.stride(d) == 0:
+            lab = lab.narrow(d, 0, 1)
+    return lab[lab >= 0].unique()
+
+
+def shrink(*ts: Tensor) -> list[Tensor]:
+    """Broadcast ``ts`` together and keep one position along the dims where all of them are constant
+    (stride 0): the pairs they make are the same, at a fraction of the cost."""
+    ts = torch.broadcast_tensors(*ts)
+    for d in range(ts[0].dim()):
+        if ts[0].shape[d] > 1 and all(t.stride(d) == 0 for t in ts):
+            ts = [t.narrow(d, 0, 1) for t in ts]
+    return list(ts)
+
+
+def _unique_pairs(a: Tensor, b: Tensor) -> Tensor:
+    """Distinct (a[i], b[i]) pairs of non-negative ints as a [2, k] tensor (a 1-D unique of a*M + b:
+    ``unique(dim=...)`` on pairs is orders of magnitude slower)."""
+    m = int(b.max()) + 1
+    key = torch.unique(a.reshape(-1) * m + b.reshape(-1))
+    return torch.stack([key // m, key % m])
+
+
 class ChannelTrace(TorchFunctionMode):
     """Runs the model once and collects atoms, edges, members and unusable atoms (with the op's name).
 
@@ -119,7 +158,7 @@ class ChannelTrace(TorchFunctionMode):
         if isinstance(t, Tensor) and labels is not None:
             if tuple(labels.shape) != tuple(t.shape):
                 labels = torch.broadcast_to(labels, t.shape)
-            self.labels[t] = labels
+            self.labels[t] = compact(labels)
 
     def is_tracked(self, t: Any) -> bool:
         lab = self.lab(t)
@@ -128,23 +167,23 @@ class ChannelTrace(TorchFunctionMode):
     # -- relations ---------------------------------------------------------------------------------
     def unify(self, a: Tensor, b: Tensor) -> None:
         """Join atoms a[i] and b[i] (same shape; untracked/parameter labels ignored)."""
-        a, b = torch.broadcast_tensors(a, b)
+        a, b = shrink(a, b)
         keep = (a >= 0) & (b >= 0) & (a != b)
         if keep.any():
-            self.edges.append(torch.unique(torch.stack([a[keep], b[keep]]), dim=1))
+            self.edges.append(_unique_pairs(a[keep], b[keep]))
 
     def align(self, plabels: Tensor, atoms: Tensor, role: str = "elem") -> None:
         """Record parameter elements (labels <= -2) meeting atoms element-wise."""
-        p, a = torch.broadcast_tensors(plabels, atoms)
+        p, a = shrink(plabels, atoms)
         keep = (p <= -2) & (a >= 0)
         if keep.any():
-            pairs = torch.unique(torch.stack([p[keep], a[keep]]), dim=1)
-            self.aligned.append((pairs[0], pairs[1], role))
+            pairs = _unique_pairs(-p[keep], a[keep])
+            self.aligned.append((-pairs[0], pairs[1], role))
 
     def poison(self, why: str, *tensors: Any) -> Tensor | None:
         """Mark every atom in ``tensors`` unusable (``why`` names the op); join them into one atom, which
         is returned (None when none was tracked) to label what the op produced."""
-        atoms = [lab[lab >= 0].unique() for t in tensors if (lab := self.lab(t)) is not None]
+        atoms = [atoms_in(lab) for t in tensors if (lab := self.lab(t)) is not None]
         atoms = [a for a in atoms if a.numel()]
         if not atoms:
             return None
@@ -157,7 +196,10 @@ class ChannelTrace(TorchFunctionMode):
     def channel_atoms(self, x: Tensor, dim: int) -> Tensor:
         """One atom per index of ``dim`` of ``x`` (-1: untracked), joining what each channel carries at
         every position and aligning parameter elements found there; shape [x.shape[dim]]."""
-        lab = self.lab_or_untracked(x).movedim(dim, -1)
+        lab = compact(self.lab_or_untracked(x)).movedim(dim, -1)
+        for d in range(lab.dim() - 1):  # positions where nothing changes count once
+            if lab.shape[d] > 1 and lab.stride(d) == 0:
+                lab = lab.narrow(d, 0, 1)
         flat = lab.reshape(-1, lab.shape[-1])  # [positions, C]
         rep = flat.amax(0)  # [C]
         self.unify(flat, rep.expand_as(flat))
@@ -207,7 +249,7 @@ class ChannelTrace(TorchFunctionMode):
         for t in tensor_leaves(out):
             lab = self.lab(t)
             if lab is not None:
-                for a in lab[lab >= 0].unique().tolist():
+                for a in atoms_in(lab).tolist():
                     self.bad.setdefault(a, "reaches the model output")
         return out
 
