@@ -152,9 +152,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--criterion",
-        default="loss",
+        default=None,
         choices=tuple(CRITERIA),
-        help="ranking criterion (default loss)",
+        help="ranking criterion (default loss; with --granularity channels: magnitude, the only "
+        "unit criterion built so far)",
+    )
+    pr.add_argument(
+        "--granularity",
+        default="layers",
+        choices=("layers", "channels"),
+        help="layers: remove residual branches and layers (default); channels: slice filters, "
+        "neurons and attention heads out of layers (--budget is then the fraction of units)",
+    )
+    pr.add_argument(
+        "--scope",
+        default="layer",
+        choices=("layer", "global"),
+        help="with --granularity channels: the fraction of units goes from every group (layer) or "
+        "from one ranking of all units (global; magnitudes normalised per group)",
     )
     pr.add_argument(
         "--strategy",
@@ -290,6 +305,20 @@ def _check_request(args: argparse.Namespace) -> None:
         raise InputError(
             f"{model_dir} exists and was not written by flowprune: pass another --out, or move it"
         )
+    if args.granularity == "channels":
+        args.criterion = args.criterion or "magnitude"
+        if args.criterion != "magnitude":
+            raise InputError(
+                f"--granularity channels ranks units by magnitude only (scores such as "
+                f"{args.criterion} are not built for units yet): pass --criterion magnitude"
+            )
+        if args.unit != "params" or not 0 < args.budget < 1:
+            raise InputError(
+                f"--granularity channels takes --budget as the fraction of units to remove, "
+                f"0 < budget < 1 (got --budget {args.budget} --unit {args.unit})"
+            )
+        return
+    args.criterion = args.criterion or "loss"
     if args.unit == "count" and (args.budget < 1 or args.budget != int(args.budget)):
         raise InputError(
             f"--unit count needs a whole number of removals, e.g. --budget 2 (got {args.budget})"
@@ -331,6 +360,8 @@ def _prune(args: argparse.Namespace) -> int:
     _check_request(args)
     model, tok, calib, held, src = _load(args)
     lm = _check_lm(model, args)
+    if args.granularity == "channels":
+        return _prune_channels(args, model, tok, calib, held, src, lm, t0)
     small, report = prune(
         model,
         calib,
@@ -390,6 +421,77 @@ def _prune(args: argparse.Namespace) -> int:
         )
     print(
         f"wrote {args.out}/model, plan.json, report.json, report.md, report.html in {out['seconds']} s"
+    )
+    return 0
+
+
+def _prune_channels(
+    args: argparse.Namespace,
+    model: Any,
+    tok: Any,
+    calib: list,
+    held: Any,
+    src: str,
+    lm: bool,
+    t0: float,
+) -> int:
+    """--granularity channels: magnitude scores per unit, a fraction of units sliced out."""
+    from . import apply, trace
+    from .channels.magnitude import magnitude_scores, select_units
+    from .plan import signed
+    from .saving import save_pretrained
+    from .score import perplexity, similarity
+
+    graph = trace(model, calib[0])
+    groups = graph.channel_groups()
+    scores = magnitude_scores(model, groups.prunable(), p=2)
+    removed = select_units(groups.prunable(), scores, args.budget, scope=args.scope)
+    plan = graph.plan(units=removed)
+    small = apply(model, plan)
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in small.parameters())
+    out: dict[str, Any] = {
+        "model": src,
+        "groups": [g.to_dict() | {"members": len(g.members)} for g in groups],
+        "failed": groups.failed,
+        "removed": removed,
+        "params_before": before,
+        "params_after": after,
+        "flops_before": plan.flops_before,
+        "flops_removed": plan.flops_removed,
+    }
+    if held is not None and lm:
+        out["heldout_ppl_before"] = perplexity(model, held)
+        out["heldout_ppl_after"] = perplexity(small, held)
+    elif held is not None:
+        out["heldout_similarity"] = similarity(small, model, held)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if hasattr(small, "save_pretrained"):
+        save_pretrained(small, args.out / "model", tokenizer=tok, overwrite=True)
+    plan.to_json(args.out / "plan.json")
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"model: {src}\n\nChannel groups ({len(groups.prunable())} prunable):")
+    for g in groups:
+        n = len(removed.get(g.id, ()))
+        state = f"-{n} of {g.units}" if g.prunable else f"kept: {g.reason}"
+        print(f"  {g.id:<48} {g.kind:<8} {state}")
+    for gid, why in groups.failed.items():
+        print(f"  {gid:<48} dropped by the check: {why}")
+    print(
+        f"\nparams {before:,} -> {after:,} ({signed(before - after, before)}); "
+        f"FLOPs {signed(plan.flops_removed, plan.flops_before)}"
+    )
+    if "heldout_ppl_after" in out:
+        print(
+            f"held-out perplexity {out['heldout_ppl_before']:.3f} -> {out['heldout_ppl_after']:.3f}"
+        )
+    elif "heldout_similarity" in out:
+        print(f"held-out similarity to the original: {out['heldout_similarity']:.4f}")
+    print(
+        f"wrote {args.out}/plan.json" + (" and model" if hasattr(small, "save_pretrained") else "")
     )
     return 0
 
