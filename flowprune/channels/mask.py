@@ -13,6 +13,7 @@ the model's own parameters are never written.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -34,9 +35,24 @@ def _holders(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
     return out
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One unit as a gate entry: ``id`` is ``"<group id>#<unit>"``."""
+
+    id: str
+    group: str
+    unit: int
+    kind: str
+
+
 class UnitGates:
     """Context manager with ``alpha`` (shape [U], U = total units; group ``g`` owns
-    ``alpha[offsets[g.id] : offsets[g.id] + g.units]``)."""
+    ``alpha[offsets[g.id] : offsets[g.id] + g.units]``).  It has the interface of the scalar
+    ``Gates`` that the score engine uses (``candidates``, ``index``, ``alpha``, ``device``), so
+    ``Engine(graph, batches, loss, gates=UnitGates(model, groups))`` gives per-unit losses, gate
+    gradients, Hessians and Fisher matrices through the same code (replay is for branch candidates
+    only: pass ``replay=False`` where an analysis offers it).
+    """
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup]):
         self.model = model
@@ -67,6 +83,10 @@ class UnitGates:
         self._maps = {k: v.to(self.device) for k, v in self._maps.items()}
         self._saved: dict[str, Tensor] = {}
         self._handles: list = []
+        self.candidates = [
+            Unit(f"{g.id}#{u}", g.id, u, g.kind) for g in self.groups for u in range(g.units)
+        ]
+        self.index = {c.id: i for i, c in enumerate(self.candidates)}
 
     def __enter__(self) -> "UnitGates":
         self._handles = [
@@ -130,3 +150,6 @@ class UnitGates:
 
     def reset(self) -> None:
         self.alpha = torch.ones_like(self.alpha)
+
+    def skipped(self, cid: int) -> None:
+        """Replay bookkeeping of the scalar gates; units are masked by weights, nothing to count."""
