@@ -78,8 +78,8 @@ def channel_groups(
     sliced model differs from the masked one is dropped with a warning (``groups.failed``).
 
     ``residual=True`` also offers the residual stream's width under LayerNorm/RMSNorm (kind ``width``,
-    ``exact=False``: removing a channel changes the norm's statistics, so masked != sliced there and
-    the check is skipped for those groups).
+    ``exact=False``: removing a channel changes the norm's statistics, so masked != sliced there; the
+    check only requires the sliced model to run with the same output shapes).
     """
     t = ChannelTrace(model, residual=residual)
     t.run(example_inputs)
@@ -123,14 +123,15 @@ def check_groups(
     atol: float = 1e-5,
     rtol: float = 1e-4,
 ) -> dict[str, str]:
-    """Mask and slice random units of every prunable, exact group at once; bisect when they differ.
+    """Mask and slice random units of every prunable group at once; bisect when they differ.  Groups
+    with ``exact=False`` (the residual width under a norm) must only run and keep the output shapes.
     Returns ``{group id: reason}`` for the groups that fail (a few forwards per failing group)."""
     rng = random.Random(seed)
-    todo = [g for g in groups if g.prunable and g.exact and g.units > 1]
+    todo = [g for g in groups if g.prunable and g.units > 1]
     removed = {g.id: sorted(rng.sample(range(g.units), max(1, g.units // 2))) for g in todo}
     failed: dict[str, str] = {}
 
-    def run(gs: list[ChannelGroup]) -> str | None:
+    def run(gs: list[ChannelGroup], values: bool) -> str | None:
         rem = {g.id: removed[g.id] for g in gs}
         with UnitGates(model, gs) as gates:
             gates.set(rem, 0.0)
@@ -141,19 +142,26 @@ def check_groups(
             sliced = _outputs(sliced_model, example_inputs)
         except Exception as e:  # noqa: BLE001 - any failure of the sliced model is the group's
             return f"the sliced model raised {type(e).__name__}: {e}"
+        if not values:  # inexact groups (a norm's statistics change): it must run, same shapes
+            masked = [torch.zeros_like(m) for m in masked]
+            sliced = [torch.zeros_like(m) for m in sliced]
         return _same(masked, sliced, atol, rtol)
 
-    def bisect(gs: list[ChannelGroup]) -> None:
-        why = run(gs)
+    def bisect(gs: list[ChannelGroup], values: bool) -> None:
+        why = run(gs, values)
         if why is None:
             return
         if len(gs) == 1:
             failed[gs[0].id] = why
             return
         half = len(gs) // 2
-        bisect(gs[:half])
-        bisect(gs[half:])
+        bisect(gs[:half], values)
+        bisect(gs[half:], values)
 
-    if todo:
-        bisect(todo)
+    exact = [g for g in todo if g.exact]
+    inexact = [g for g in todo if not g.exact]
+    if exact:
+        bisect(exact, True)
+    if inexact:
+        bisect(inexact, False)
     return failed

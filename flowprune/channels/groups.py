@@ -158,6 +158,12 @@ def components(t: ChannelTrace) -> tuple[np.ndarray, dict, list]:
     why: dict[int, str] = {}
     for a, r in bad.items():
         why.setdefault(int(comp[a]), r)
+    for op, pairs in t.together:
+        a, b = comp[pairs[0].numpy()], comp[pairs[1].numpy()]
+        for c in np.unique(np.concatenate([a[a != b], b[a != b]])).tolist():
+            why.setdefault(
+                int(c), f"{op} with a tensor made in the forward that is not sliced with them"
+            )
     return comp, why, records
 
 
@@ -198,7 +204,10 @@ def build(t: ChannelTrace) -> list[ChannelGroup]:
     units: dict[int, dict[tuple[str, int], tuple[str, set]]] = {}
     for n, d, idx, at, role in records:
         for i, a in zip(idx.tolist(), comp[at.numpy()].tolist()):
-            entry = units.setdefault(a, {}).setdefault((n, d), (role, set()))
+            mem = units.setdefault(a, {})
+            entry = mem.setdefault((n, d), (role, set()))
+            if role == "consumer" and entry[0] != "consumer":  # tied: produced and consumed
+                entry = mem[(n, d)] = ("consumer", entry[1])
             entry[1].add(i)
     for n, d, idx, cs in _elementwise_members(t, comp):
         for i, c in zip(idx.tolist(), cs.tolist()):

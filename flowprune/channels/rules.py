@@ -139,7 +139,9 @@ def identity(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict, o
 def elementwise(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     if not isinstance(out, Tensor):
         return
-    labs = [lab for x in _flat(args, kwargs) if (lab := t.lab(x)) is not None]
+    ins = [x for x in _flat(args, kwargs)]
+    ins_l = [x for x in ins if t.lab(x) is not None]
+    labs = [t.lab(x) for x in ins_l]
     if not labs:
         return
     try:
@@ -153,6 +155,17 @@ def elementwise(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict
         t.unify(a, o)
     for lab in labs:
         t.align(lab, o)
+    # where no channel meets, a parameter element carries on (a class token beside the patches): it is
+    # sliced with the channel it later meets
+    # (labels that travelled through ops first: in ``cat([cls, x]) + pos`` the class token carries on)
+    order = sorted(range(len(labs)), key=lambda i: t.param_name(ins_l[i]) is not None)
+    for i in order:
+        o = torch.where((o == UNTRACKED) & (labs[i] <= -2), labs[i], o)
+    # a tensor the model makes in the forward (neither traced nor a parameter) spanning a dim along
+    # which channels vary is not sliced with them: those channels must go together or not at all
+    for x in ins:
+        if t.lab(x) is None and x.dim() and isinstance(out, Tensor):
+            t.spanning(name, x, o, out.shape)
     t.set(out, o.expand(out.shape))
 
 
@@ -474,7 +487,7 @@ def layer_norm(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict,
     if name == "rms_norm":
         b = None
     if t.residual:  # per channel; the statistics change when one goes (groups marked inexact)
-        o = torch.where(lab >= 0, lab, UNTRACKED)
+        o = lab
         t.normed.update(atoms_in(o).tolist())
     else:
         o = join_over(t, lab, tuple(range(x.dim() - k, x.dim()))).expand(x.shape)
@@ -618,17 +631,28 @@ def recurrent(t: ChannelTrace, path: str, m: nn.Module, args: tuple, output: Any
 
 
 def norm_module(t: ChannelTrace, path: str, m: nn.Module, args: tuple, output: Any) -> None:
-    """A normalisation module under ``residual=True``: per channel on the last dim (inexact)."""
+    """A normalisation module under ``residual=True``: per channel (inexact).  The channel dim is the
+    one its weight's size matches (the last for LayerNorm/RMSNorm, dim 1 for channels-first norms)."""
     x = args[0] if args else None
     lab = t.lab(x)
-    if lab is None or not isinstance(output, Tensor):
+    if lab is None or not isinstance(output, Tensor) or tuple(output.shape) != tuple(lab.shape):
         return
-    o = torch.where(lab >= 0, lab, UNTRACKED)
-    t.normed.update(atoms_in(o).tolist())
-    t.set(output, o)
+    t.normed.update(atoms_in(lab).tolist())
+    t.set(output, lab)
     for p in m.parameters(recurse=False):
-        if (plab := t.lab(p)) is not None and plab.dim() == 1 and plab.numel() == o.shape[-1]:
-            t.align(plab, o)
+        plab = t.lab(p)
+        if plab is None or plab.dim() != 1:
+            continue
+        lab = compact(lab)  # the channel dim is one the labels vary along (not a spatial one)
+        dims = [
+            d
+            for d in range(lab.dim() - 1, -1, -1)
+            if lab.shape[d] == plab.numel() and lab.stride(d) != 0
+        ]
+        if dims:
+            shape = [1] * lab.dim()
+            shape[dims[0]] = -1
+            t.align(plab.view(shape), lab)
 
 
 MODULE_RULES: dict[type, Callable] = {nn.RNNBase: recurrent}

@@ -146,6 +146,8 @@ def _sync(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm) and m.weight is not None:
         m.normalized_shape = tuple(m.normalized_shape[:-1]) + (m.weight.shape[-1],)
     elif isinstance(m, nn.GroupNorm) and m.weight is not None:
+        # a unit is one whole group of channels (the rule joins each group)
+        m.num_groups = m.num_groups * m.weight.shape[0] // m.num_channels
         m.num_channels = m.weight.shape[0]
     elif isinstance(m, nn.Embedding):
         m.embedding_dim = m.weight.shape[1]

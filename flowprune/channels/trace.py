@@ -114,6 +114,8 @@ class ChannelTrace(TorchFunctionMode):
         # the parameter's dim at the end (a chunk of a fused qkv weight, a transposed weight)
         self.derived: list[tuple[Tensor, int, Tensor, str]] = []
         self.bad: dict[int, str] = {}  # atom -> why it cannot be removed
+        # (op, atom pairs) that must be one unit, else unusable (a constant spanning their dim)
+        self.together: list[tuple[str, Tensor]] = []
         self.heads: set[int] = set()  # atoms joined by an activation x activation contraction
         self.normed: set[int] = set()  # atoms a norm treated per channel (residual=True)
         self.weight_ops: list[
@@ -179,6 +181,19 @@ class ChannelTrace(TorchFunctionMode):
         if keep.any():
             pairs = _unique_pairs(-p[keep], a[keep])
             self.aligned.append((-pairs[0], pairs[1], role))
+
+    def spanning(self, op: str, x: Tensor, o: Tensor, shape: tuple) -> None:
+        """``x`` (made in the forward, not sliced) meets labels ``o`` in op ``op``: along each dim where
+        x is not broadcast and the atoms differ, they must form one unit (checked in ``groups``)."""
+        lead = len(shape) - x.dim()
+        for d in range(x.dim()):
+            od = lead + d
+            if x.shape[d] <= 1 or o.shape[od] <= 1:
+                continue
+            first = o.narrow(od, 0, 1).expand(o.shape)
+            keep = (o >= 0) & (first >= 0) & (o != first)
+            if keep.any():
+                self.together.append((op, _unique_pairs(o[keep], first[keep])))
 
     def poison(self, why: str, *tensors: Any) -> Tensor | None:
         """Mark every atom in ``tensors`` unusable (``why`` names the op); join them into one atom, which
