@@ -12,7 +12,6 @@ import copy
 import random
 import warnings
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, Phase, example, given, settings
