@@ -197,22 +197,51 @@ def _elementwise_members(t: ChannelTrace, comp: np.ndarray) -> list:
     return out
 
 
+_ROLES = ("channel", "producer", "consumer")  # a column both produced and consumed is masked
+
+
+def _units(t: ChannelTrace, comp: np.ndarray, records: list) -> dict[int, dict]:
+    """component -> {(param, dim): (role, sorted indices)}, from the structural records and the
+    per-channel parameters (those only for components that have structural members)."""
+    # K: (param, dim) key, X: index along it, C: component, R: role code; one entry per record element
+    keys: dict[tuple[str, int], int] = {}
+    K, X, C, R = [], [], [], []
+    for n, d, idx, at, role in records:
+        K.append(np.full(len(idx), keys.setdefault((n, d), len(keys))))
+        X.append(idx.numpy())
+        C.append(comp[at.numpy()])
+        R.append(np.full(len(idx), _ROLES.index(role)))
+    structural = np.unique(np.concatenate(C)) if C else np.zeros(0, dtype=np.int64)
+    for n, d, idx, cs in _elementwise_members(t, comp):
+        keep = np.isin(cs, structural)
+        K.append(np.full(int(keep.sum()), keys.setdefault((n, d), len(keys))))
+        X.append(np.asarray(idx)[keep])
+        C.append(np.asarray(cs)[keep])
+        R.append(np.zeros(int(keep.sum()), dtype=np.int64))
+    if not K:
+        return {}
+    K, X, C, R = (np.concatenate(a).astype(np.int64) for a in (K, X, C, R))
+    order = np.lexsort((X, K, C))
+    K, X, C, R = K[order], X[order], C[order], R[order]
+    new_ck = np.r_[True, (C[1:] != C[:-1]) | (K[1:] != K[:-1])]
+    seg = np.flatnonzero(new_ck)
+    role = np.maximum.reduceat(R, seg)
+    first = np.r_[True, new_ck[1:] | (X[1:] != X[:-1])]  # each index once per (component, dim)
+    K, X, C, new_ck = K[first], X[first], C[first], new_ck[first]
+    seg = np.flatnonzero(new_ck)
+    ends = np.r_[seg[1:], len(K)]
+    names = list(keys)
+    Xl = X.tolist()
+    units: dict[int, dict] = {}
+    for s0, e, r in zip(seg.tolist(), ends.tolist(), role.tolist()):
+        units.setdefault(int(C[s0]), {})[names[K[s0]]] = (_ROLES[r], tuple(Xl[s0:e]))
+    return units
+
+
 def build(t: ChannelTrace) -> list[ChannelGroup]:
     """The channel groups of a finished trace."""
     comp, why, records = components(t)
-    # component -> {(param, dim): (role, set of indices)}
-    units: dict[int, dict[tuple[str, int], tuple[str, set]]] = {}
-    for n, d, idx, at, role in records:
-        for i, a in zip(idx.tolist(), comp[at.numpy()].tolist()):
-            mem = units.setdefault(a, {})
-            entry = mem.setdefault((n, d), (role, set()))
-            if role == "consumer" and entry[0] != "consumer":  # tied: produced and consumed
-                entry = mem[(n, d)] = ("consumer", entry[1])
-            entry[1].add(i)
-    for n, d, idx, cs in _elementwise_members(t, comp):
-        for i, c in zip(idx.tolist(), cs.tolist()):
-            if c in units:
-                units[c].setdefault((n, d), ("channel", set()))[1].add(i)
+    units = _units(t, comp, records)
     heads = {int(comp[a]) for a in t.heads}
     normed = {int(comp[a]) for a in t.normed}
     macs_pair: dict[int, int] = {}
@@ -228,14 +257,9 @@ def build(t: ChannelTrace) -> list[ChannelGroup]:
     used: set[str] = set()
     for sig, comps in sorted(by_sig.items(), key=lambda kv: (order[kv[0][0][0]], kv[0][0][1])):
         first = sig[0]
-        comps.sort(key=lambda c: min(units[c][first][1]))
+        comps.sort(key=lambda c: units[c][first][1][0])
         members = tuple(
-            Member(
-                n,
-                d,
-                tuple(tuple(sorted(units[c][(n, d)][1])) for c in comps),
-                units[comps[0]][(n, d)][0],
-            )
+            Member(n, d, tuple(units[c][(n, d)][1] for c in comps), units[comps[0]][(n, d)][0])
             for n, d in sig
         )
         c0 = comps[0]
