@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .check import Groups, channel_groups, check_groups
 from .groups import ChannelGroup, Member
+from .magnitude import magnitude_scores, select_units, unit_magnitude
 from .mask import UnitGates
 from .slicing import slice_, slices_for
 from .trace import ChannelTrace
@@ -24,6 +25,9 @@ __all__ = [
     "ChannelGroup",
     "Member",
     "Groups",
+    "magnitude_scores",
+    "select_units",
+    "unit_magnitude",
     "UnitGates",
     "slice_",
     "slices_for",
