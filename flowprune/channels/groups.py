@@ -267,7 +267,8 @@ def build(t: ChannelTrace) -> list[ChannelGroup]:
         cons = [m for m in members if m.role == "consumer"]
         width = len(cons[0].index[0]) if cons else len(members[0].index[0])
         prod = [m for m in members if m.role == "producer"]
-        base = _module_of(prod[0].param if prod else members[0].param)
+        first_param = prod[0].param if prod else members[0].param
+        base = _module_of(first_param) or first_param  # a parameter of the root: its own name
         gid = f"{base}:{kind}"
         k = 1
         while gid in used:

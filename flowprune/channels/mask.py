@@ -22,16 +22,18 @@ from torch import Tensor, nn
 from .groups import ChannelGroup
 
 
-def _holders(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
-    """state_dict name -> every (module, attribute) holding that tensor (tied weights have several)."""
+def _holders(model: nn.Module) -> dict[str, list[tuple[dict, str]]]:
+    """state_dict name -> every (module's parameter or buffer dict, key) holding that tensor (tied
+    weights have several; a weight may be a buffer)."""
     by_id: dict[int, str] = {}
-    for n, p in model.named_parameters():
+    for n, p in list(model.named_parameters()) + list(model.named_buffers()):
         by_id.setdefault(id(p), n)
-    out: dict[str, list[tuple[nn.Module, str]]] = {}
+    out: dict[str, list[tuple[dict, str]]] = {}
     for m in model.modules():
-        for attr, p in m._parameters.items():
-            if p is not None and id(p) in by_id:
-                out.setdefault(by_id[id(p)], []).append((m, attr))
+        for store in (m._parameters, m._buffers):
+            for attr, p in store.items():
+                if p is not None and id(p) in by_id:
+                    out.setdefault(by_id[id(p)], []).append((store, attr))
     return out
 
 
@@ -68,12 +70,15 @@ class UnitGates:
         # (param, dim) -> column index -> unit (total = not gated)
         self._maps: dict[tuple[str, int], Tensor] = {}
         holders = _holders(model)
+        state = dict(model.named_parameters())
+        state.update(dict(model.named_buffers()))
+        self._rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
         self._holders = {}
         for g in self.groups:
             for m in g.members:
                 if m.role != "consumer":
                     continue
-                t = dict(model.named_parameters())[m.param]
+                t = state[m.param]
                 key = (m.param, m.dim)
                 if key not in self._maps:
                     self._maps[key] = torch.full((t.shape[m.dim],), total, dtype=torch.long)
@@ -110,14 +115,14 @@ class UnitGates:
         masked: dict[str, Tensor] = {}
         for (name, dim), cols in self._maps.items():
             hold = self._holders[name]
-            w = masked.get(name, getattr(hold[0][0], hold[0][1]))
+            w = masked.get(name, hold[0][0][hold[0][1]])
             shape = [1] * w.dim()
             shape[dim] = -1
             masked[name] = w * full[cols].view(shape).to(w.dtype)
         for name, w in masked.items():
-            for m, attr in self._holders[name]:
-                self._saved.setdefault(name, m._parameters[attr])
-                m._parameters[attr] = w
+            for store, attr in self._holders[name]:
+                self._saved.setdefault(name, store[attr])
+                store[attr] = w
         self._refresh()
 
     def _restore_hook(self, module: nn.Module, args: tuple, output) -> None:
@@ -125,18 +130,16 @@ class UnitGates:
 
     def _restore(self) -> None:
         for name, p in self._saved.items():
-            for m, attr in self._holders[name]:
-                m._parameters[attr] = p
+            for store, attr in self._holders[name]:
+                store[attr] = p
         if self._saved:
             self._saved = {}
             self._refresh()
 
     def _refresh(self) -> None:
         # recurrent modules read their weights through a cached list
-        for hold in self._holders.values():
-            for m, _ in hold:
-                if isinstance(m, nn.RNNBase):
-                    m._init_flat_weights()
+        for m in self._rnns:
+            m._init_flat_weights()
 
     # -- setting α -------------------------------------------------------------------------------------
     def set(self, units: Mapping[str, Iterable[int]], value: float = 0.0) -> None:

@@ -318,12 +318,6 @@ def matmul(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict, out
     A, B = args[0], args[1]
     if name == "__rmatmul__":
         A, B = B, A
-    if (
-        not t.is_tracked(A)
-        and not t.is_tracked(B)
-        and not (t.lab(A) is not None or t.lab(B) is not None)
-    ):
-        return
     if B.dim() == 2 and not t.is_tracked(B) and t.lab(B) is not None:
         _param_contract(t, A, -1, B, 0, 1, out, out.dim() - 1)
     elif A.dim() == 2 and not t.is_tracked(A) and t.lab(A) is not None:
@@ -388,9 +382,7 @@ def conv(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict, out: 
     x, W = args[0], _arg(args, kwargs, 1, "weight")
     b = _arg(args, kwargs, 2, "bias")
     transposed = "transpose" in name
-    groups = (
-        _arg(args, kwargs, 6, "groups", 1) if transposed else _arg(args, kwargs, 6, "groups", 1)
-    )
+    groups = _arg(args, kwargs, 6, "groups", 1)  # position 6 in conv*d and conv_transpose*d
     if transposed:
         if groups != 1:
             return _unknown(t, f"{name} with groups={groups}", args, kwargs, out)
@@ -594,11 +586,10 @@ def recurrent(t: ChannelTrace, path: str, m: nn.Module, args: tuple, output: Any
         or getattr(m, "proj_size", 0)
         or (len(args) > 1 and t.is_tracked(args[1]))
     ):
-        t.poison(f"{type(m).__name__} ({path}) with packed input, projections or a tracked state",
-                 *tensor_leaves(args))  # fmt: skip
-        for o in tensor_leaves(output):
-            a = t.poison(f"{type(m).__name__} ({path})", *tensor_leaves(args))
-            if a is not None:
+        why = f"{type(m).__name__} ({path}) with packed input, projections or a tracked state"
+        a = t.poison(why, *tensor_leaves(args))
+        if a is not None:
+            for o in tensor_leaves(output):
                 t.set(o, a.expand(o.shape))
         return
     H, L = m.hidden_size, m.num_layers
