@@ -59,3 +59,21 @@ def test_refusals(llama):
         flowprune.apply(small, plan)
     with torch.no_grad():  # and the caller's model still runs as before
         assert model(**x).logits.shape == small(**x).logits.shape
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet_basic", "resnet_bottleneck", "mobilenetv2", "densenet", "vgg_bn", "lstm_classifier"],
+)
+def test_plan_replays_from_json_on_a_fresh_model(name):
+    # the non-HF counterpart of save/load: the plan alone rebuilds the pruned model from the original
+    e = ZOO[name]
+    model, x = e.build(), e.inputs()
+    graph = flowprune.trace(model, x)
+    removed = {g.id: list(range(0, g.units, 3)) for g in graph.channel_groups().prunable()}
+    plan = graph.plan(units=removed)
+    small = flowprune.apply(model, plan)
+    again = flowprune.apply(e.build(), flowprune.Plan.from_json(plan.to_json()))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), small(x), atol=0, rtol=0)
+    assert sum(p.numel() for p in again.parameters()) == plan.params_before - plan.params_removed
