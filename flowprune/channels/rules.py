@@ -115,13 +115,25 @@ def _broadcast_all(t: ChannelTrace, out: Tensor, labels: Tensor | None) -> None:
 
 
 # -- categories ---------------------------------------------------------------------------------------
+def _on_cpu(args: tuple) -> tuple:
+    """Index tensors beside the labels (which live on the CPU), moved there too."""
+    out = []
+    for a in args:
+        if isinstance(a, Tensor):
+            a = a.cpu()
+        elif isinstance(a, (tuple, list)):
+            a = type(a)(_on_cpu(tuple(a)))
+        out.append(a)
+    return tuple(out)
+
+
 def shape_op(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     if name in LISTS:
         seq = args[0] if args else kwargs.get("tensors")
-        new = ([t.lab_or_untracked(x) for x in seq],) + tuple(args[1:])
+        new = ([t.lab_or_untracked(x) for x in seq],) + _on_cpu(args[1:])
         kw = {k: v for k, v in kwargs.items() if k != "tensors"}
     else:
-        new = (t.lab_or_untracked(args[0]),) + tuple(args[1:])
+        new = (t.lab_or_untracked(args[0]),) + _on_cpu(args[1:])
         kw = kwargs
     try:
         labels = func(*new, **kw)
@@ -223,6 +235,7 @@ def setitem(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict, ou
     if t.lab(x) is None and t.lab(v) is None:
         return
     lab = t.lab_or_untracked(x).clone()
+    (idx,) = _on_cpu((idx,))
     lab[idx] = t.lab(v) if t.lab(v) is not None else UNTRACKED
     t.set(x, lab)
 
