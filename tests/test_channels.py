@@ -158,17 +158,10 @@ def _zoo(name: str):
     return _CACHE[name]
 
 
-# phi3 reads the query width from the config shared by every layer (``config.num_attention_heads *
-# head_dim``), not from its module: the sliced model raises, the check drops the heads (see
-# test_phi3_heads_are_kept)
-PHI3_FAILED = {"model.layers.0.self_attn.qkv_proj:heads", "model.layers.1.self_attn.qkv_proj:heads"}
-
-
 @pytest.mark.parametrize("name", list(ZOO))
 def test_zoo_sliced_equals_masked(name):
     model, x, gs = _zoo(name)
-    expected_failed = PHI3_FAILED if name == "phi3" else set()
-    assert set(gs.failed) == expected_failed
+    assert gs.failed == {}
     assert gs.prunable(), f"{name}: no prunable group"
     before = snapshot(model)
     inputs = [x, other_inputs(name)]
@@ -184,13 +177,9 @@ def test_zoo_sliced_equals_masked(name):
     assert_untouched(model, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="phi3's attention splits its fused qkv at self.config.num_attention_heads * head_dim (the "
-    "config every layer shares): slicing one layer's heads sets its num_key_value_heads only, the sliced "
-    "model raises and the built-in check drops both heads groups",
-)
 def test_phi3_heads_are_kept():
+    # phi3 splits its fused qkv at config.num_attention_heads * head_dim, read from the config every
+    # layer shares: each sliced attention gets its own copy of the config with its head counts
     _, _, gs = _zoo("phi3")
     assert gs.failed == {}
     assert [g.units for g in gs.prunable() if g.kind == "heads"] == [2, 2]
@@ -256,10 +245,12 @@ def test_groups_gqa_llms(name, layers, heads_id, bias):
         assert not any("norm" in m.param for m in g.members)
 
 
-def test_groups_phi3_mlp_only():
-    # fused gate_up_proj: 64 neurons (2 rows of 32 + down column 32); heads dropped by the check
+def test_groups_phi3():
+    # fused gate_up_proj: 64 neurons (2 rows of 32 + down column 32); fused qkv: 2 kv-groups of
+    # 2 query heads (16 rows) + 1 key + 1 value head (8 rows each), o_proj columns 16
     assert _prunable("phi3") == {
-        f"model.layers.{i}.mlp.gate_up_proj:channels": ("channels", 64, 96) for i in range(2)
+        **{f"model.layers.{i}.mlp.gate_up_proj:channels": ("channels", 64, 96) for i in range(2)},
+        **{f"model.layers.{i}.self_attn.qkv_proj:heads": ("heads", 2, 1536) for i in range(2)},
     }
 
 

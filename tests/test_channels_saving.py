@@ -9,7 +9,7 @@ import transformers
 import flowprune
 from flowprune.zoo import ZOO
 
-DECODERS = ["llama", "qwen3", "gemma", "mistral", "qwen2"]
+DECODERS = ["llama", "qwen3", "gemma", "mistral", "qwen2", "phi3"]
 
 
 def _logits(model, x):

@@ -10,6 +10,8 @@ bring module attributes (``in_features``, ``out_channels``, ``groups``, ``num_he
 
 from __future__ import annotations
 
+import copy
+import inspect
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -70,7 +72,36 @@ def _head_attrs(
             v = getattr(m, attr, None)
             if isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % g.units == 0:
                 out.append((path, attr, v // g.units * kept))
+        # a forward that reads head counts from the (shared) config gets its own copy of it with this
+        # layer's counts (Phi-3 splits its fused qkv at config.num_attention_heads * head_dim)
+        cfg = getattr(m, "config", None)
+        if cfg is not None and not isinstance(cfg, nn.Module):
+            reads = _forward_source(m)
+            for attr in HEAD_ATTRS:
+                v = getattr(cfg, attr, None)
+                if f"config.{attr}" in reads and isinstance(v, int) and v > 0 and v % g.units == 0:
+                    out.append((path, f"config.{attr}", v // g.units * kept))
     return out
+
+
+def _forward_source(m: nn.Module) -> str:
+    try:
+        return inspect.getsource(type(m).forward)
+    except (OSError, TypeError):
+        return ""
+
+
+def _set_attr(module: nn.Module, attr: str, value: int, copied: set) -> None:
+    """``module.attr = value``; ``"config.key"`` sets the key on the module's own shallow copy of
+    its config (made once), so the other layers keep theirs."""
+    if "." not in attr:
+        setattr(module, attr, value)
+        return
+    owner, key = attr.split(".", 1)
+    if (id(module), owner) not in copied:
+        setattr(module, owner, copy.copy(getattr(module, owner)))
+        copied.add((id(module), owner))
+    setattr(getattr(module, owner), key, value)
 
 
 def _holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, bool]]]:
@@ -117,8 +148,9 @@ def slice_(
             for m, attr, _ in hold[1:]:
                 m._parameters[attr] = first
     mods = _modules(model)
+    copied: set = set()
     for path, attr, value in attrs:
-        setattr(mods[path], attr, value)
+        _set_attr(mods[path], attr, value, copied)
     for m in touched:
         _sync(m)
     return model
