@@ -163,7 +163,10 @@ class ChannelTrace(TorchFunctionMode):
             self.labels[t] = compact(labels)
 
     def is_tracked(self, t: Any) -> bool:
-        lab = self.lab(t)
+        """Whether ``t`` carries channel atoms (a parameter never does: no labels are made for it)."""
+        if not isinstance(t, Tensor) or id(t) in self.names:
+            return False
+        lab = self.labels.get(t)
         return lab is not None and bool((lab >= 0).any())
 
     # -- relations ---------------------------------------------------------------------------------
