@@ -131,6 +131,10 @@ class Plan:
     units: tuple[Units, ...] = ()
     slices: tuple[Slice, ...] = ()
     attrs: tuple[Attr, ...] = ()
+    # how the consumers of removed units are refitted at apply time on calibration data ("none",
+    # "obs", "mean"; flowprune.channels.compensate), and which weights are those consumers
+    compensation: str = "none"
+    consumers: tuple[str, ...] = ()
 
     @classmethod
     def from_graph(cls, graph: "FlowGraph", ids: Sequence[str], fill: str = "zeros") -> "Plan":
@@ -204,6 +208,7 @@ class Plan:
                 Slice(**{**x, "keep": tuple(x["keep"])}) for x in d.get("slices", ())
             )
             d["attrs"] = tuple(Attr(**a) for a in d.get("attrs", ()))
+            d["consumers"] = tuple(d.get("consumers", ()))
             return cls(**d)
         except (KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"not a flowprune plan: {e}") from e

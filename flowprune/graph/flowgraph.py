@@ -256,6 +256,11 @@ def _unit_plan(
     from ..plan import Attr, Plan, Slice, Units
 
     groups = graph.channel_groups()
+    if fill not in ("zeros", "obs", "mean"):
+        raise PlanError(
+            f"a plan slicing units takes fill='zeros' (nothing refitted), 'obs' (least-squares refit "
+            f"of the consumers' kept columns) or 'mean' (bias compensation); got {fill!r}"
+        )
     if not isinstance(removed, dict):
         raise PlanError(
             f"units must be a dict {{group id: [unit, ...]}}, got {type(removed).__name__}"
@@ -286,7 +291,7 @@ def _unit_plan(
             ids += [b for b in branch if b not in ids]
         elif us:
             clean[gid] = us
-    base = Plan.from_graph(graph, ids, fill) if ids else None
+    base = Plan.from_graph(graph, ids, "mean" if fill == "mean" else "zeros") if ids else None
     # units inside a removed candidate go with it
     gone = [graph.candidate(i).path for i in ids]
     clean = {
@@ -310,6 +315,12 @@ def _unit_plan(
         ),
         slices=tuple(Slice(n, d, tuple(k)) for n, d, k in slices),
         attrs=tuple(Attr(m, a, v) for m, a, v in attrs),
+        compensation="none" if fill == "zeros" else fill,
+        consumers=tuple(
+            dict.fromkeys(
+                m.param for gid in clean for m in groups[gid].members if m.role == "consumer"
+            )
+        ),
     )
     if base is None:
         return plan

@@ -34,6 +34,11 @@ def _resolve(model: nn.Module, path: str, modules: dict[str, nn.Module]) -> tupl
 
 
 def _check_data(plan: Plan, data: Any) -> None:
+    if plan.compensation != "none" and data is None:
+        raise PlanError(
+            f"the plan refits the consumers of removed units with compensation="
+            f"'{plan.compensation}', fitted on calibration data: pass data=batches"
+        )
     if plan.fills and data is None:
         raise PlanError(
             f"the plan compensates removed branches with fill='{plan.fills[0].mode}', fitted on "
@@ -90,7 +95,7 @@ def apply_(model: nn.Module, plan: Plan, check: bool = True, data: Any = None) -
     skips = [(getattr(parent, name), rep) for rep, parent, name in targets if _skips(rep)]
     # 2. commit: channel slices (validated above), stubs in (undone if anything fails), then layer
     # deletions with the config kept in sync
-    apply_slices_(model, plan)
+    apply_slices_(model, plan, as_batches(data) if plan.compensation != "none" else None)
     _swap_in(swaps, skips)
     for stack_path, idx in deletions.items():
         stack = modules[stack_path]

@@ -37,16 +37,61 @@ def check_slices(model: nn.Module, plan: Plan) -> None:
             )
 
 
-def apply_slices_(model: nn.Module, plan: Plan) -> None:
-    """Slice the plan's units out of ``model`` in place and sync its config where it can say it."""
+def apply_slices_(model: nn.Module, plan: Plan, batches: list | None = None) -> None:
+    """Slice the plan's units out of ``model`` in place, refit the consumers of removed units when
+    the plan says so (on ``batches``, through the model as it was), and sync the config where it can
+    say the new widths."""
     if not plan.slices:
         return
+    new = _compensate(model, plan, batches) if plan.compensation != "none" else {}
     slice_(
         model,
         [(s.param, s.dim, s.keep) for s in plan.slices],
         [(a.module, a.attr, a.value) for a in plan.attrs],
     )
+    if new:
+        state = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, t in new.items():
+                state[name].copy_(t)
     sync_widths(model, plan)
+
+
+def _compensate(model: nn.Module, plan: Plan, batches: list | None) -> dict[str, torch.Tensor]:
+    """Refitted consumer weights, already cut to the plan's kept rows and columns."""
+    from ..channels.compensate import _kind, _module_of, compensated, consumer_stats
+
+    if batches is None:
+        raise PlanError(
+            f"the plan refits consumers with compensation={plan.compensation!r} on calibration "
+            f"data: pass data=batches"
+        )
+    by_param: dict[str, list] = {}
+    for s in plan.slices:
+        by_param.setdefault(s.param, []).append(s)
+    removed: dict[str, list[int]] = {}
+    cdim: dict[str, int] = {}
+    for name in plan.consumers:
+        m, _ = _module_of(model, name)
+        kind = _kind(m)
+        if kind is None:
+            continue
+        d = 0 if kind == "conv1d_hf" else 1
+        cut = [s for s in by_param.get(name, []) if s.dim == d]
+        if cut:
+            size = m.weight.shape[d]
+            removed[name] = sorted(set(range(size)) - set(cut[0].keep))
+            cdim[name] = d
+    stats = consumer_stats(model, removed, batches)
+    new = compensated(model, stats, removed, plan.compensation)
+    out = {}
+    for name, t in new.items():  # the other dims (a consumer's own removed rows, its bias) cut too
+        for s in by_param.get(name, []):
+            if name in cdim and s.dim == cdim[name]:
+                continue
+            t = t.index_select(s.dim, torch.as_tensor(s.keep, device=t.device))
+        out[name] = t
+    return out
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple]:
