@@ -28,6 +28,7 @@ from ._version import __version__
 from .analyses import CRITERIA, MATRIX_PREFERENCE
 from .errors import FlowpruneError, InputError
 from .saving import META
+from .score.units import UNIT_CRITERIA
 from .solve import DEFAULT_STRATEGY, FILLS, KINDS, STRATEGIES
 
 
@@ -153,9 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--criterion",
         default=None,
-        choices=tuple(CRITERIA),
-        help="ranking criterion (default loss; with --granularity channels: magnitude, the only "
-        "unit criterion built so far)",
+        choices=tuple(dict.fromkeys((*CRITERIA, *UNIT_CRITERIA))),
+        help="ranking criterion (default loss; with --granularity channels one of "
+        f"{', '.join(UNIT_CRITERIA)}, default magnitude)",
     )
     pr.add_argument(
         "--granularity",
@@ -168,8 +169,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scope",
         default="layer",
         choices=("layer", "global"),
-        help="with --granularity channels: the fraction of units goes from every group (layer) or "
-        "from one ranking of all units (global; magnitudes normalised per group)",
+        help="with --granularity channels: --budget is the fraction of units removed from every "
+        "group (layer, default), or of the model's parameters, taken from one ranking of all units "
+        "by score per saved parameter (global)",
     )
     pr.add_argument(
         "--strategy",
@@ -181,8 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--fill",
         default="zeros",
-        choices=FILLS,
-        help="what replaces a removed branch (default zeros)",
+        choices=(*FILLS, "obs"),
+        help="what replaces a removed branch (default zeros); with --granularity channels: zeros, "
+        "mean (bias compensation) or obs (least-squares refit of the consumers' kept columns)",
     )
     pr.add_argument(
         "--kind",
@@ -307,17 +310,26 @@ def _check_request(args: argparse.Namespace) -> None:
         )
     if args.granularity == "channels":
         args.criterion = args.criterion or "magnitude"
-        if args.criterion != "magnitude":
+        if args.criterion not in UNIT_CRITERIA:
             raise InputError(
-                f"--granularity channels ranks units by magnitude only (scores such as "
-                f"{args.criterion} are not built for units yet): pass --criterion magnitude"
+                f"--granularity channels ranks units by one of {', '.join(UNIT_CRITERIA)}; "
+                f"{args.criterion} is a criterion for branches and layers"
+            )
+        if args.fill not in ("zeros", "mean", "obs"):
+            raise InputError(
+                f"--granularity channels takes --fill zeros, mean or obs (got {args.fill})"
             )
         if args.unit != "params" or not 0 < args.budget < 1:
             raise InputError(
-                f"--granularity channels takes --budget as the fraction of units to remove, "
-                f"0 < budget < 1 (got --budget {args.budget} --unit {args.unit})"
+                f"--granularity channels takes --budget as a fraction, 0 < budget < 1 (of the units "
+                f"of every group, or with --scope global of the parameters); got --budget "
+                f"{args.budget} --unit {args.unit}"
             )
         return
+    if args.fill == "obs":
+        raise InputError(
+            "--fill obs refits the consumers of removed units: use --granularity channels"
+        )
     args.criterion = args.criterion or "loss"
     if args.unit == "count" and (args.budget < 1 or args.budget != int(args.budget)):
         raise InputError(
@@ -435,19 +447,29 @@ def _prune_channels(
     lm: bool,
     t0: float,
 ) -> int:
-    """--granularity channels: magnitude scores per unit, a fraction of units sliced out."""
+    """--granularity channels: unit scores, units sliced out, consumers refitted (--fill)."""
     from . import apply, trace
-    from .channels.magnitude import magnitude_scores, select_units
+    from .channels.magnitude import select_units
     from .plan import signed
     from .saving import save_pretrained
     from .score import perplexity, similarity
+    from .score.units import select_budget, unit_scores
 
     graph = trace(model, calib[0])
     groups = graph.channel_groups()
-    scores = magnitude_scores(model, groups.prunable(), p=2)
-    removed = select_units(groups.prunable(), scores, args.budget, scope=args.scope)
-    plan = graph.plan(units=removed)
-    small = apply(model, plan)
+    loss = "lm" if args.loss == "lm" else "distill"
+    scores = unit_scores(graph, calib, [args.criterion], loss=loss)[args.criterion]
+    if args.scope == "layer":
+        removed = select_units(groups.prunable(), scores, args.budget, scope="layer")
+    else:
+        removed = select_budget(
+            groups.prunable(),
+            scores,
+            params=args.budget * graph.total_params,
+            normalise=args.criterion in ("magnitude", "l1"),
+        )
+    plan = graph.plan(units=removed, fill=args.fill)
+    small = apply(model, plan, data=calib if args.fill != "zeros" else None)
     before = sum(p.numel() for p in model.parameters())
     after = sum(p.numel() for p in small.parameters())
     out: dict[str, Any] = {

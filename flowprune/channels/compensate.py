@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._runtime import call_model, eval_mode
+from ..adapters import scoring_kwargs
+from ..data import split_batch
 from ..errors import InputError
 
 COMPENSATIONS = ("none", "obs", "mean")
@@ -75,8 +77,8 @@ def _columns(m: nn.Module, kind: str, x: Tensor) -> Tensor:
 def consumer_stats(
     model: nn.Module, consumers: Iterable[str], batches: Iterable[Any]
 ) -> dict[str, Stats]:
-    """Input statistics of the consumer weights ``consumers`` (state_dict names) over ``batches``, on
-    the model as it is (one forward per batch, no gradient)."""
+    """Input statistics of the consumer weights ``consumers`` (state_dict names) over ``batches``
+    (calibration batches: labels are dropped), on the model as it is (one forward per batch)."""
     stats: dict[str, Stats] = {}
     hooks = []
     for name in dict.fromkeys(consumers):
@@ -109,7 +111,10 @@ def consumer_stats(
     try:
         with eval_mode(model), torch.no_grad():
             for b in batches:
-                call_model(model, b)
+                x, _ = split_batch(b)  # labels are not model inputs
+                if isinstance(x, dict):
+                    x = {**x, **scoring_kwargs(model)}
+                call_model(model, x)
     finally:
         for h in hooks:
             h.remove()

@@ -205,3 +205,39 @@ def select_units(
         if gone:
             out[g.id] = sorted(gone)
     return out
+
+
+def lamp_normalize(s: torch.Tensor) -> torch.Tensor:
+    """LAMP normalisation of squared magnitudes ``s``: ``s_u / Σ_{v: s_v ≥ s_u} s_v`` (ties count in
+    full, so tied units score alike; the largest unit scores 1).
+
+    >>> lamp_normalize(torch.tensor([1.0, 4.0, 2.0]))   # 1/7, 4/4, 2/6
+    tensor([0.1429, 1.0000, 0.3333])
+    """
+    s = s.detach().reshape(-1).double()
+    denom = (s[None, :] * (s[None, :] >= s[:, None])).sum(1)
+    return (s / denom.clamp_min(torch.finfo(s.dtype).tiny)).float()
+
+
+def lamp(
+    model: nn.Module,
+    group: ChannelGroup,
+    reduction: str = "mean",
+    bias: bool = False,
+    types: Sequence[type] = TARGET_TYPES,
+) -> torch.Tensor:
+    """LAMP score (Lee et al. 2021, layer-adaptive magnitude pruning) of each unit of ``group``: its
+    squared-L2 magnitude (``unit_magnitude(p=2, normalizer=None)``) divided by the sum of the squared
+    magnitudes of every unit of the group at least as large (see :func:`lamp_normalize`).  Within one
+    group it ranks units as magnitude does; the scores are comparable across groups.
+
+    >>> lamp(model, graph.channel_groups()["0:channels"])
+    tensor([...])
+    """
+    s = unit_magnitude(
+        model, group, p=2, reduction=reduction, normalizer=None, bias=bias, types=types
+    )
+    return lamp_normalize(s)
+
+
+__all__ += ["lamp", "lamp_normalize"]
