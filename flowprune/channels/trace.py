@@ -241,7 +241,7 @@ class ChannelTrace(TorchFunctionMode):
     # -- running -----------------------------------------------------------------------------------
     def run(self, example_inputs: Any) -> Any:
         from ..adapters import is_norm, scoring_kwargs
-        from .rules import MODULE_RULES, norm_module
+        from .modules import MODULE_RULES, norm_module
 
         for path, m in self.model.named_modules():
             rule = next((r for cls, r in MODULE_RULES.items() if isinstance(m, cls)), None)
