@@ -35,6 +35,7 @@ from .taylor import fisher, gradient_and_hessian
 
 UNIT_CRITERIA = ("magnitude", "l1", "flow", "obs", "taylor", "taylor2", "fisher", "loss", "random")
 GRADIENT = ("taylor", "taylor2", "fisher", "loss")
+MAX_EXACT = 4096  # units the exact criterion ablates one by one before it refuses
 
 
 def _consumers(groups: Sequence[ChannelGroup]) -> list[str]:
@@ -122,6 +123,12 @@ def unit_scores(
         if "obs" in criteria:
             out["obs"] = _stat_scores(model, groups, batches, "obs")
     grads = [c for c in criteria if c in GRADIENT]
+    units = sum(g.units for g in groups)
+    if "loss" in criteria and units > MAX_EXACT:
+        raise InputError(
+            f"criterion 'loss' runs one forward per unit, {units:,} here (more than {MAX_EXACT:,}): "
+            f"score with 'obs' or 'taylor2', or pass groups=[...] to score fewer groups exactly"
+        )
     if grads:
         out.update(_gate_scores(graph, groups, batches, grads, loss, seed))
     if "random" in criteria:
