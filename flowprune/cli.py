@@ -453,15 +453,18 @@ def _prune_channels(
     from .plan import signed
     from .saving import save_pretrained
     from .score import perplexity, similarity
-    from .score.units import select_budget, unit_scores
+    from .score.units import select_budget, select_obs_greedy, unit_scores
 
     graph = trace(model, calib[0])
     groups = graph.channel_groups()
     loss = "lm" if args.loss == "lm" else "distill"
-    scores = unit_scores(graph, calib, [args.criterion], loss=loss)[args.criterion]
-    if args.scope == "layer":
+    if args.criterion == "obs" and args.scope == "layer":  # greedy, seeing what the refit recovers
+        removed = select_obs_greedy(model, groups.prunable(), calib, args.budget)
+    elif args.scope == "layer":
+        scores = unit_scores(graph, calib, [args.criterion], loss=loss)[args.criterion]
         removed = select_units(groups.prunable(), scores, args.budget, scope="layer")
     else:
+        scores = unit_scores(graph, calib, [args.criterion], loss=loss)[args.criterion]
         removed = select_budget(
             groups.prunable(),
             scores,

@@ -90,3 +90,24 @@ def test_plan_with_obs_refits_consumers_and_beats_dropping_on_calibration_data()
     assert sum(p.numel() for p in refit.parameters()) == sum(p.numel() for p in plain.parameters())
     plan = graph.plan(units=removed, fill="obs")
     assert flowprune.Plan.from_json(plan.to_json()) == plan and plan.consumers == ("2.weight",)
+
+
+def test_downdates_compose_into_the_joint_refit_and_greedy_starts_at_the_cheapest():
+    from flowprune.channels.compensate import downdate, obs_greedy
+
+    model, data = _model_and_data()
+    s = consumer_stats(model, ["2.weight"], data)["2.weight"]
+    W = _weight_2d(model[2], "linear")
+    Hinv = torch.linalg.inv(_damped(s))
+    W1, H1 = downdate(W, Hinv, [1])
+    W2, _ = downdate(W1, H1, [4, 5])
+    joint = compensated(model, {"2.weight": s}, {"2.weight": [1, 4, 5]}, "obs")
+    K = [0, 2, 3, 6]
+    torch.testing.assert_close(W2[:, K], joint["2.weight"], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(W2[:, -1], joint["2.bias"], rtol=1e-8, atol=1e-10)
+    assert float(W2[:, [1, 4, 5]].abs().max()) < 1e-10  # the removed columns end at zero
+    graph = flowprune.trace(model, data[0])
+    (g,) = graph.channel_groups().prunable()
+    first = obs_greedy(model, [g], {"2.weight": s}, {g.id: 1})[g.id]
+    costs = [obs_cost(s, W, [u]) for u in range(7)]
+    assert first == [min(range(7), key=costs.__getitem__)]

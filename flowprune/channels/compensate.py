@@ -203,3 +203,63 @@ def obs_cost(stats: Stats, W: Tensor, channels: Iterable[int]) -> float:
     Q = _cols(sorted(set(channels)), stats.block)
     WQ = W[:, Q].to(torch.float64)
     return float(0.5 * torch.trace(WQ @ torch.linalg.solve(Hinv[Q][:, Q], WQ.T)))
+
+
+def downdate(W: Tensor, Hinv: Tensor, Q: list[int]) -> tuple[Tensor, Tensor]:
+    """One OBS step: remove columns Q of ``W`` [out, cols] and refit the rest (W ← W − W_Q
+    ((H⁻¹)_QQ)⁻¹ H⁻¹_Q:, zero in Q), and drop Q from H⁻¹ (H⁻¹ ← H⁻¹ − H⁻¹_:Q ((H⁻¹)_QQ)⁻¹ H⁻¹_Q:).
+    Steps compose: removing Q1 then Q2 equals removing Q1 ∪ Q2 at once."""
+    inv_QQ = torch.linalg.inv(Hinv[Q][:, Q])
+    return W - W[:, Q] @ inv_QQ @ Hinv[Q, :], Hinv - Hinv[:, Q] @ inv_QQ @ Hinv[Q, :]
+
+
+def obs_greedy(
+    model: nn.Module,
+    groups: Iterable[Any],
+    stats: Mapping[str, Stats],
+    counts: Mapping[str, int],
+) -> dict[str, list[int]]:
+    """Remove ``counts[group id]`` units of each group one at a time, each step the unit whose removal
+    leaves the least OBS error in its consumers *after the previous removals' refits*: the weights and
+    H⁻¹ of every consumer are downdated after each step (H⁻¹ ← H⁻¹ − H⁻¹_:Q ((H⁻¹)_QQ)⁻¹ H⁻¹_Q:),
+    so the choice sees what the refit can recover (a head or a convolution channel is a block of
+    columns).  ``stats``: ``consumer_stats`` of the groups' consumers.
+
+    >>> removed = obs_greedy(model, groups, consumer_stats(model, consumers, batches), {"fc1:channels": 40})
+    """
+    out: dict[str, list[int]] = {}
+    for g in groups:
+        k = counts.get(g.id, 0)
+        if not k:
+            continue
+        state = []  # per consumer: (W [out, cols], H⁻¹, columns of each unit)
+        for m in g.members:
+            s = stats.get(m.param)
+            if m.role != "consumer" or s is None:
+                continue
+            mod, _ = _module_of(model, m.param)
+            W = _weight_2d(mod, _kind(mod)).clone()
+            H = s.H / max(s.n, 1)
+            n = H.shape[0]
+            H = H + DAMPING * H.diagonal().mean() * torch.eye(n, dtype=H.dtype, device=H.device)
+            state.append([W, torch.linalg.inv(H), [_cols(chans, s.block) for chans in m.index]])
+        if not state:
+            continue
+        left = set(range(g.units))
+        chosen: list[int] = []
+        for _ in range(min(k, g.units - 1)):
+            best, best_cost = None, float("inf")
+            for u in left:
+                cost = 0.0
+                for W, Hinv, cols in state:
+                    Q = cols[u]
+                    WQ = W[:, Q]
+                    cost += float(0.5 * torch.trace(WQ @ torch.linalg.solve(Hinv[Q][:, Q], WQ.T)))
+                if cost < best_cost:
+                    best, best_cost = u, cost
+            for st in state:
+                st[0], st[1] = downdate(st[0], st[1], st[2][best])
+            left.discard(best)
+            chosen.append(best)
+        out[g.id] = sorted(chosen)
+    return out

@@ -175,3 +175,20 @@ def select_budget(
         left[gid] -= 1
         total += p
     return {gid: sorted(us) for gid, us in removed.items()}
+
+
+def select_obs_greedy(
+    model: Any, groups: Sequence[ChannelGroup], batches: Sequence[Any], ratio: float
+) -> dict[str, list[int]]:
+    """``ratio`` of every group's units (Torch-Pruning's rounding: ``n - int(n (1 - ratio))``), chosen
+    one at a time by OBS cost with the consumers' weights and H⁻¹ downdated after each choice
+    (``channels.compensate.obs_greedy``): the selection that matches ``fill="obs"``.
+
+    >>> removed = select_obs_greedy(model, groups, batches, 0.5)
+    """
+    from ..channels.compensate import obs_greedy
+
+    groups = [g for g in groups if g.prunable]
+    stats = consumer_stats(model, _consumers(groups), batches)
+    counts = {g.id: min(g.units - int(g.units * (1 - ratio)), g.units - 1) for g in groups}
+    return obs_greedy(model, groups, stats, counts)
