@@ -278,6 +278,42 @@ ax.set_title(f"zero-shot block removal ({SOURCE.split(' (')[0]})"); ax.grid(alph
 ax.legend(fontsize=7, loc="lower left")
 plt.tight_layout(); plt.show()""",
     ),
+    (
+        "md",
+        """## Channel pruning: filters instead of blocks
+The same model pruned inside its layers: `graph.channel_groups()` finds each block's inner filters and
+each stage's residual stream (coupled across its blocks), every prunable group loses the same share of
+its units, ranked by magnitude, flow, the gate-space second-order estimate or greedy OBS, with the
+consumers' kept columns left as they are (`zeros`) or refitted on the calibration images (`obs`).""",
+    ),
+    (
+        "code",
+        """from flowprune.channels import select_units
+from flowprune.score.units import select_obs_greedy, unit_scores
+
+groups = graph.channel_groups().prunable()
+print(f"{len(groups)} prunable channel groups:", ", ".join(f"{g.id} ({g.units})" for g in groups))
+unit = unit_scores(graph, calib, ["magnitude", "flow", "taylor2"], loss="ce")
+fig, ax = plt.subplots(figsize=(8, 4.5))
+for crit in ["magnitude", "flow", "taylor2", "greedy obs"]:
+    for fill in (["obs"] if crit == "greedy obs" else ["zeros", "obs"]):
+        xs, ys = [0.0], [ACC0]
+        for r in (0.25, 0.5, 0.75):
+            if crit == "greedy obs":
+                removed = select_obs_greedy(model, groups, calib, r)
+            else:
+                removed = select_units(groups, unit[crit], r)
+            plan = graph.plan(units=removed, fill=fill)
+            small = flowprune.apply(model, plan, data=calib if fill != "zeros" else None)
+            xs.append(plan.flops_removed / plan.flops_before)
+            ys.append(accuracy(small, xte, yte))
+        ax.plot(xs, ys, marker="o", ms=3, ls="-" if fill == "obs" else ":", label=f"{crit} / {fill}")
+        print(f"{crit:<11} {fill:<5}", " ".join(f"{x:.2f}:{y:.3f}" for x, y in zip(xs, ys)))
+ax.set_xlabel("fraction of FLOPs removed"); ax.set_ylabel("test accuracy")
+ax.set_title("zero-shot channel pruning (same share of every group's units)"); ax.grid(alpha=0.3)
+ax.legend(fontsize=7, loc="lower left")
+plt.tight_layout(); plt.show()""",
+    ),
     ("md", "## The report"),
     (
         "code",
