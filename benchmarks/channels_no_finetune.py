@@ -40,7 +40,7 @@ from torch.nn import functional as F  # noqa: E402
 import flowprune  # noqa: E402
 from flowprune.channels import UnitGates, magnitude_scores, select_units  # noqa: E402
 from flowprune.channels.groups import ChannelGroup  # noqa: E402
-from flowprune.score.units import select_obs_greedy  # noqa: E402
+from flowprune.score.units import select_budget, select_obs_greedy, unit_scores  # noqa: E402
 
 try:
     import torch_pruning as tp
@@ -543,6 +543,19 @@ def section_lm(quick: bool) -> None:
                 cells.append(f"{perplexity(small, held):.2f}")
             rows.append([f"{target:.0%}", f"{ratio:.3f}", f"{share:.1%}", name, *cells])
             log(f"LM {target:.0%} {name}")
+        # flowprune's own: OBS cost (and Wanda-sp) ranked per saved parameter under one global budget
+        for name, scores in (
+            ("OBS cost, global", unit_scores(graph, calib, ["obs"])["obs"]),
+            ("Wanda-sp, global", methods["Wanda-sp"]),
+        ):
+            removed = select_budget(prunable, scores, params=target * total)
+            cells, share = [], None
+            for fill in ("zeros", "obs"):
+                small, plan = fp_prune(graph, removed, fill, calib)
+                share = plan.params_removed / plan.params_before
+                cells.append(f"{perplexity(small, held):.2f}")
+            rows.append([f"{target:.0%}", "global", f"{share:.1%}", name, *cells, ""])
+            log(f"LM {target:.0%} {name}")
     kinds = {g.kind: g.units for g in prunable}
     print(
         f"{total / 1e6:.2f} M parameters (tied embeddings counted once); prunable groups per layer: "
@@ -564,7 +577,8 @@ def section_lm(quick: bool) -> None:
         "targets halve the heads and the MLP ratio makes up the rest.  Wanda-sp: Σ_i |W_ij|·‖x_j‖ over "
         "the unit's consumer columns j (down_proj / o_proj inputs); FLAP: sample variance of x_j × "
         "‖W[:, j]‖², summed likewise (per-layer ratio, so FLAP's cross-layer standardisation does not "
-        "matter)."
+        "matter).  Rows marked global: one ranking of all units by score per saved parameter "
+        "(score.units.select_budget) until the target share of parameters goes."
     )
     for n in sorted(notes):
         print(f"\n- {n}")
