@@ -68,3 +68,25 @@ def test_unit_gates_leave_the_model_as_it_was():
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(isinstance(p, nn.Parameter) for p in model.parameters())
     assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+def test_unit_scores_exact_loss_equals_slicing_each_unit():
+    from torch.nn import functional as F
+
+    from flowprune.score.units import unit_scores
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    x = torch.randn(32, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+    graph = flowprune.trace(model, x)
+    s = unit_scores(graph, [(x, y)], ["loss", "kl", "spvr", "flow", "obs"], loss="ce")
+    (gid,) = s["loss"]
+    with torch.no_grad():
+        base = F.cross_entropy(model(x), y).item()
+        for u in range(6):
+            small = flowprune.apply(model, graph.plan(units={gid: [u]}))
+            assert abs(F.cross_entropy(small(x), y).item() - base - float(s["loss"][gid][u])) < 1e-9
+    assert (s["kl"][gid] >= 0).all() and (s["spvr"][gid] >= 0).all() and (s["obs"][gid] >= 0).all()
+    # energy shares of one consumer's inputs: each unit's own share, in [0, 1]
+    assert ((s["flow"][gid] >= 0) & (s["flow"][gid] <= 1)).all()

@@ -81,7 +81,8 @@ def ablate(
     cands = [
         c for c in eng.candidates if (ids is None or c.id in set(ids)) and c.id not in set(base)
     ]
-    cands.sort(key=lambda c: eng.graph.call(c.cid).start, reverse=True)  # deepest first
+    if replay:  # deepest first (units of channel groups have no call: they run without replay)
+        cands.sort(key=lambda c: eng.graph.call(c.cid).start, reverse=True)
     eng.references()
     sources = {
         c.id: replay_sources(eng.graph, c) + _own(eng, c, cands[0]) if replay else [] for c in cands

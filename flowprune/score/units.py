@@ -9,7 +9,9 @@ Every score is an importance (higher = keep), in the units of a loss change wher
   over its consumers (the score that matches ``fill="obs"``);
 * ``taylor``: |∂L/∂α_u| (one backward over the unit gates); ``taylor2``: −g_u + ½ H_uu (Hessian
   diagonal by Hutchinson probes); ``fisher``: ½ F_uu (per-sample gate gradients);
-* ``loss``: the exact ΔL of masking the unit alone (one forward per unit);
+* ``loss``: the exact ΔL of masking the unit alone (one forward per unit); ``kl`` and ``spvr`` from the
+  same forwards: KL of the original outputs to the masked ones, and SPvR's ranking function
+  (misclassified samples + |Δp| of the originally predicted class, summed);
 * ``random``: seeded.
 
 Global ranking across groups (``select_budget``) divides each score by the parameters a unit saves, so
@@ -30,11 +32,14 @@ from .._runtime import eval_mode
 from ..channels import ChannelGroup, UnitGates, magnitude_scores
 from ..channels.compensate import _kind, _module_of, _weight_2d, consumer_stats, obs_cost
 from ..errors import InputError
+from .ablation import ablate
 from .engine import Engine
 from .taylor import fisher, gradient_and_hessian
 
-UNIT_CRITERIA = ("magnitude", "l1", "flow", "obs", "taylor", "taylor2", "fisher", "loss", "random")
-GRADIENT = ("taylor", "taylor2", "fisher", "loss")
+UNIT_CRITERIA = (
+    "magnitude", "l1", "flow", "obs", "taylor", "taylor2", "fisher", "loss", "kl", "spvr", "random",
+)  # fmt: skip
+GRADIENT = ("taylor", "taylor2", "fisher", "loss", "kl", "spvr")
 MAX_EXACT = 4096  # units the exact criterion ablates one by one before it refuses
 
 
@@ -81,11 +86,11 @@ def _gate_scores(graph, groups, batches, which: Sequence[str], loss: Any, seed: 
         if "fisher" in which:
             _, F = fisher(eng, seed=seed)
             res["fisher"] = 0.5 * torch.diagonal(F)
-        if "loss" in which:
-            base = eng.loss()
-            res["loss"] = torch.tensor(
-                [eng.loss([c.id]) - base for c in gates.candidates], dtype=torch.float64
-            )
+        exact = [c for c in ("loss", "kl", "spvr") if c in which]
+        if exact:  # one forward per unit and batch (no replay for units)
+            got = ablate(eng, replay=False, progress=False)
+            for c in exact:
+                res[c] = torch.tensor([got[u.id][c] for u in gates.candidates], dtype=torch.float64)
     out: dict[str, dict[str, torch.Tensor]] = {}
     for crit, v in res.items():
         out[crit] = {g.id: v[gates.offsets[g.id] : gates.offsets[g.id] + g.units] for g in groups}
@@ -124,9 +129,10 @@ def unit_scores(
             out["obs"] = _stat_scores(model, groups, batches, "obs")
     grads = [c for c in criteria if c in GRADIENT]
     units = sum(g.units for g in groups)
-    if "loss" in criteria and units > MAX_EXACT:
+    exact = [c for c in criteria if c in ("loss", "kl", "spvr")]
+    if exact and units > MAX_EXACT:
         raise InputError(
-            f"criterion 'loss' runs one forward per unit, {units:,} here (more than {MAX_EXACT:,}): "
+            f"criterion {exact[0]!r} runs one forward per unit, {units:,} here (more than {MAX_EXACT:,}): "
             f"score with 'obs' or 'taylor2', or pass groups=[...] to score fewer groups exactly"
         )
     if grads:
