@@ -86,7 +86,8 @@ def test_unit_scores_exact_loss_equals_slicing_each_unit():
         base = F.cross_entropy(model(x), y).item()
         for u in range(6):
             small = flowprune.apply(model, graph.plan(units={gid: [u]}))
-            assert abs(F.cross_entropy(small(x), y).item() - base - float(s["loss"][gid][u])) < 1e-9
+            # (the engine evaluates losses in float32)
+            assert abs(F.cross_entropy(small(x), y).item() - base - float(s["loss"][gid][u])) < 1e-5
     assert (s["kl"][gid] >= 0).all() and (s["spvr"][gid] >= 0).all() and (s["obs"][gid] >= 0).all()
     # energy shares of one consumer's inputs: each unit's own share, in [0, 1]
     assert ((s["flow"][gid] >= 0) & (s["flow"][gid] <= 1)).all()
