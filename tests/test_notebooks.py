@@ -62,6 +62,8 @@ def test_notebook_runs_offline_and_draws(name, says, files, min_images, tmp_path
     assert images >= min_images
     if name.startswith("cifar"):  # the channel-pruning cell ran every criterion
         assert "prunable channel groups" in text and "greedy obs  obs" in text
+    else:  # neurons and heads at 20 %
+        assert "prunable groups" in text and "obs        obs" in text
     for f in files:
         assert (tmp_path / f).stat().st_size > 1000, f
     assert "data:image/svg+xml;base64," in (tmp_path / files[0]).read_text()
