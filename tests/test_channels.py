@@ -765,3 +765,17 @@ def test_residual_width_slices_on_zoo(name):
     assert n_params(model) - n_params(sliced) == gs.savings(removed)[0]
     outputs(sliced, x)
     outputs(sliced, other_inputs(name))
+
+
+def test_a_rule_that_fails_keeps_the_channels_and_names_the_op(monkeypatch):
+    # a rule raising (an op called in a form it does not expect) never breaks the trace
+    from flowprune.channels import rules
+
+    def broken(*a, **k):
+        raise ValueError("unexpected form")
+
+    monkeypatch.setitem(rules.HANDLERS, "relu", broken)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    gs = channel_groups(model, torch.randn(2, 4))
+    (g,) = [g for g in gs if g.id == "0:channels"]
+    assert not g.prunable and "relu" in g.reason and "rule failed" in g.reason

@@ -278,7 +278,15 @@ class ChannelTrace(TorchFunctionMode):
         def post(module, args, output):
             self._inside -= 1
             if self._inside == 0:
-                rule(self, path, module, args, output)
+                try:
+                    rule(self, path, module, args, output)
+                except Exception as e:  # noqa: BLE001 - as for op rules: its channels stay
+                    why = f"{type(module).__name__} ({path}; its rule failed: {type(e).__name__})"
+                    a = self.poison(why, *tensor_leaves(args))
+                    if a is not None:
+                        for o in tensor_leaves(output):
+                            if o.is_floating_point():
+                                self.set(o, a.expand(o.shape))
 
         return post
 
@@ -289,7 +297,16 @@ class ChannelTrace(TorchFunctionMode):
             return out
         from .rules import apply_rule
 
-        apply_rule(self, _name(func), func, args, kwargs, out)
+        name = _name(func)
+        try:
+            apply_rule(self, name, func, args, kwargs, out)
+        except Exception as e:  # noqa: BLE001 - a rule that cannot follow an op: its channels stay
+            why = f"{name or func!r} (its rule failed: {type(e).__name__})"
+            a = self.poison(why, *tensor_leaves((args, kwargs)))
+            if a is not None:
+                for o in tensor_leaves(out):
+                    if o.is_floating_point():
+                        self.set(o, a.expand(o.shape))
         return out
 
     # -- helpers for resolution --------------------------------------------------------------------
