@@ -67,7 +67,7 @@ REDUCE = {
     "nanmean": (1, None), "max": (1, None), "min": (1, None), "median": (1, None),
     "softmax": (1, None), "log_softmax": (1, None), "_softmax": (1, None), "softmin": (1, None),
     "cumsum": (1, None), "cumprod": (1, None), "cummax": (1, None), "logcumsumexp": (1, None),
-    "normalize": (2, 1), "vector_norm": (2, None), "sort": (1, -1), "topk": (2, -1),
+    "normalize": (2, 1), "vector_norm": (2, None), "linalg_vector_norm": (2, None), "sort": (1, -1), "topk": (2, -1),
     "argsort": (1, -1), "kthvalue": (2, -1), "aminmax": (1, None),
     "cross_entropy": (None, None), "nll_loss": (None, None), "mse_loss": (None, None),
     "l1_loss": (None, None), "binary_cross_entropy_with_logits": (None, None),
@@ -138,7 +138,17 @@ def shape_op(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict, o
     try:
         labels = func(*new, **kw)
     except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
-        return _unknown(t, f"{name} (could not be applied to channel labels)", args, kwargs, out)
+        # labels stored once along constant dims (stride 0) may not ``view`` where the real tensor can
+        new = tuple(
+            [x.contiguous() for x in a] if isinstance(a, list) else a.contiguous() if i == 0 else a
+            for i, a in enumerate(new)
+        )
+        try:
+            labels = func(*new, **kw)
+        except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
+            return _unknown(
+                t, f"{name} (could not be applied to channel labels)", args, kwargs, out
+            )
     _set_outputs(t, out, labels)
 
 
