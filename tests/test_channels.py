@@ -779,3 +779,35 @@ def test_a_rule_that_fails_keeps_the_channels_and_names_the_op(monkeypatch):
     gs = channel_groups(model, torch.randn(2, 4))
     (g,) = [g for g in gs if g.id == "0:channels"]
     assert not g.prunable and "relu" in g.reason and "rule failed" in g.reason
+
+
+class _FrozenBN(nn.Module):
+    """BatchNorm as buffer arithmetic (DETR-style backbones): scale = w·rsqrt(var), shift = b − mean·scale."""
+
+    def __init__(self, c):
+        super().__init__()
+        for n, v in [("weight", 1.5), ("bias", 0.1), ("running_mean", 0.2), ("running_var", 0.7)]:
+            self.register_buffer(n, torch.linspace(v, 2 * v, c))
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + 1e-5).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+def test_frozen_batchnorm_buffers_are_sliced_with_their_channel():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), _FrozenBN(8), nn.ReLU(), nn.Conv2d(8, 4, 3)
+    )
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    gs = _groups(model, x)  # warnings are errors: the check keeps the group
+    g = gs["0:channels"]
+    assert {m.param for m in g.members if m.role == "channel"} == {
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+    }
+    _check_all_units(model, x, gs)

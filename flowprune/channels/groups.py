@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from torch import nn
+from torch import Tensor, nn
 
 from .trace import ChannelTrace
 
@@ -167,6 +167,33 @@ def components(t: ChannelTrace) -> tuple[np.ndarray, dict, list]:
     return comp, why, records
 
 
+def _through_links(t: ChannelTrace, plab: Tensor, atoms: Tensor) -> tuple[Tensor, Tensor]:
+    """Alignments carried to the parameter elements linked to an aligned one (``ChannelTrace.link``):
+    a frozen BatchNorm's running statistics go with the scale they were folded into."""
+    if not t.links:
+        return plab, atoms
+    pairs = torch.cat(t.links, 1)  # negated labels (>= 2)
+    keys, inv = torch.unique(torch.cat([pairs.flatten(), -plab]), return_inverse=True)
+    n = len(keys)
+    e = inv[: pairs.numel()].view(2, -1).numpy()
+    m = coo_matrix((np.ones(e.shape[1]), (e[0], e[1])), shape=(n, n))
+    _, comp = connected_components(m, directed=False)
+    comp = torch.from_numpy(comp)
+    mine = comp[inv[pairs.numel() :]]  # the link component of each aligned element
+    members = {}
+    for k, c in enumerate(comp.tolist()):
+        members.setdefault(c, []).append(k)
+    extra_p, extra_a = [plab], [atoms]
+    for c in torch.unique(mine).tolist():
+        if len(members[c]) < 2:
+            continue
+        sel = mine == c
+        for k in members[c]:
+            extra_p.append(torch.full((int(sel.sum()),), -int(keys[k]), dtype=torch.long))
+            extra_a.append(atoms[sel])
+    return torch.cat(extra_p), torch.cat(extra_a)
+
+
 def _elementwise_members(t: ChannelTrace, comp: np.ndarray) -> list:
     """Per-channel parameters met element-wise (BatchNorm, biases, scales): (param, dim, index, comp)
     when each index along one dim belongs to one unit; parameters shared across units are not sliced."""
@@ -174,7 +201,9 @@ def _elementwise_members(t: ChannelTrace, comp: np.ndarray) -> list:
     if not recs:
         return []
     plab = torch.cat([p for p, _ in recs])
-    atoms = torch.cat([a for _, a in recs]).numpy()
+    atoms = torch.cat([a for _, a in recs])
+    plab, atoms = _through_links(t, plab, atoms)
+    atoms = atoms.numpy()
     names, flat = t.param_of(plab)
     out = []
     by: dict[str, list[int]] = {}

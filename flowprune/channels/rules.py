@@ -181,8 +181,13 @@ def elementwise(t: ChannelTrace, name: str, func: Any, args: tuple, kwargs: dict
     # sliced with the channel it later meets
     # (labels that travelled through ops first: in ``cat([cls, x]) + pos`` the class token carries on)
     order = sorted(range(len(labs)), key=lambda i: t.param_name(ins_l[i]) is not None)
+    free = o == UNTRACKED
     for i in order:
         o = torch.where((o == UNTRACKED) & (labs[i] <= -2), labs[i], o)
+    # parameter elements combined with no channel in between (a frozen BatchNorm's weight times
+    # rsqrt(running_var)) go with whatever channel the result meets later
+    for lab in labs:
+        t.link(torch.where(free, lab, UNTRACKED), torch.where(free, o, UNTRACKED))
     # a tensor the model makes in the forward (neither traced nor a parameter) spanning a dim along
     # which channels vary is not sliced with them: those channels must go together or not at all
     for x in ins:

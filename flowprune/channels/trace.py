@@ -113,6 +113,7 @@ class ChannelTrace(TorchFunctionMode):
         # (labels of a weight moved out of a parameter, its dim, atom per index, role): resolved to
         # the parameter's dim at the end (a chunk of a fused qkv weight, a transposed weight)
         self.derived: list[tuple[Tensor, int, Tensor, str]] = []
+        self.links: list[Tensor] = []  # [2, k] negated parameter labels combined element-wise
         self.bad: dict[int, str] = {}  # atom -> why it cannot be removed
         # (op, atom pairs) that must be one unit, else unusable (a constant spanning their dim)
         self.together: list[tuple[str, Tensor]] = []
@@ -197,6 +198,13 @@ class ChannelTrace(TorchFunctionMode):
             keep = (o >= 0) & (first >= 0) & (o != first)
             if keep.any():
                 self.together.append((op, _unique_pairs(o[keep], first[keep])))
+
+    def link(self, a: Tensor, b: Tensor) -> None:
+        """Record parameter elements a[i] and b[i] (labels <= -2) as one: aligned together later."""
+        a, b = shrink(a, b)
+        keep = (a <= -2) & (b <= -2) & (a != b)
+        if keep.any():
+            self.links.append(_unique_pairs(-a[keep], -b[keep]))
 
     def poison(self, why: str, *tensors: Any) -> Tensor | None:
         """Mark every atom in ``tensors`` unusable (``why`` names the op); join them into one atom, which
