@@ -20,20 +20,18 @@ import torch
 from torch import Tensor, nn
 
 from .groups import ChannelGroup
+from .slicing import holders
 
 
 def _holders(model: nn.Module) -> dict[str, list[tuple[dict, str]]]:
     """state_dict name -> every (module's parameter or buffer dict, key) holding that tensor (tied
     weights have several; a weight may be a buffer)."""
-    by_id: dict[int, str] = {}
-    for n, p in list(model.named_parameters()) + list(model.named_buffers()):
-        by_id.setdefault(id(p), n)
+    by_id = holders(model)
     out: dict[str, list[tuple[dict, str]]] = {}
-    for m in model.modules():
-        for store in (m._parameters, m._buffers):
-            for attr, p in store.items():
-                if p is not None and id(p) in by_id:
-                    out.setdefault(by_id[id(p)], []).append((store, attr))
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        out.setdefault(
+            n, [(m._parameters if p else m._buffers, attr) for m, attr, p in by_id[id(t)]]
+        )
     return out
 
 

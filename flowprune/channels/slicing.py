@@ -104,7 +104,8 @@ def _set_attr(module: nn.Module, attr: str, value: int, copied: set) -> None:
     setattr(getattr(module, owner), key, value)
 
 
-def _holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, bool]]]:
+def holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, bool]]]:
+    """id(tensor) -> every (module, attribute, is a parameter) holding it (tied weights have several)."""
     out: dict[int, list[tuple[nn.Module, str, bool]]] = {}
     for m in model.modules():
         for attr, p in m._parameters.items():
@@ -125,7 +126,7 @@ def slice_(
     """Slice ``model`` in place (tied weights stay tied); returns it."""
     state = dict(model.named_parameters())
     state.update(dict(model.named_buffers()))
-    holders = _holders(model)
+    held = holders(model)
     new: dict[str, torch.Tensor] = {}
     for name, dim, keep in slices:
         t = new.get(name, state[name])
@@ -134,7 +135,7 @@ def slice_(
     touched: set[nn.Module] = set()
     for name, t in new.items():
         old = state[name]
-        for m, attr, is_param in holders[id(old)]:
+        for m, attr, is_param in held[id(old)]:
             if is_param:
                 m._parameters[attr] = nn.Parameter(t.contiguous(), requires_grad=old.requires_grad)
             else:
@@ -142,7 +143,7 @@ def slice_(
             touched.add(m)
     # one Parameter per tied group again
     for name in new:
-        hold = holders[id(state[name])]
+        hold = held[id(state[name])]
         if len(hold) > 1 and hold[0][2]:
             first = hold[0][0]._parameters[hold[0][1]]
             for m, attr, _ in hold[1:]:
